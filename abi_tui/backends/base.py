@@ -1,0 +1,186 @@
+"""The Backend protocol and the records every backend shares.
+
+A request flows: server -> `InferenceEngine.open()` -> backend `prepare()` (validation, prompt
+tokens) -> scheduler queue -> backend `start()` which feeds a `TokenChannel` -> the server drains
+the channel, one write per wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from abi_tui.errors import AbiError
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    json_mode: bool = False
+
+
+@dataclass
+class GenerationRequest:
+    model: str | None
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = ""
+    route: str = ""
+
+
+@dataclass
+class Prepared:
+    """A validated request: what the backend needs to start, and the exact prompt size."""
+
+    request: GenerationRequest
+    prompt_tokens: int
+    max_tokens: int
+    payload: Any = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens}
+
+
+class CancelFlag:
+    """Checked between tokens by generation threads and tasks; setting it is thread-safe."""
+
+    __slots__ = ("is_set",)
+
+    def __init__(self) -> None:
+        self.is_set = False
+
+    def set(self) -> None:
+        self.is_set = True
+
+
+class TokenChannel:
+    """Text pieces from one producer (a thread or a task) to one asyncio consumer.
+
+    The producer appends without a thread hop per token: it schedules one wake-up of the loop
+    and every piece that arrives before the consumer runs rides on that same wake-up, so a fast
+    generator meets a slow socket with one write per wake-up instead of one per token.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pieces: deque[str] = deque()
+        self._event = asyncio.Event()
+        self._wake_pending = False
+        self.closed = False
+        self.finish_reason: str | None = None
+        self.error: AbiError | None = None
+        self.completion_tokens = 0
+        self.first_token_at: float | None = None
+        self.extra: dict[str, Any] = {}
+        self._on_close: list[Callable[[], None]] = []
+
+    # producer side (any thread) -------------------------------------------------------------
+    def put(self, piece: str, count: bool = True) -> None:
+        """Add text; `count` says it came from one generated token (usage counts them)."""
+        if count:
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            self.completion_tokens += 1
+        self._pieces.append(piece)
+        if not self._wake_pending:
+            self._wake_pending = True
+            if self._on_loop():
+                self._wake()
+            else:
+                self._loop.call_soon_threadsafe(self._wake)
+
+    def count_silent_token(self) -> None:
+        """A token that produced no text yet (a partial UTF-8 sequence, a held-back stop prefix)."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.completion_tokens += 1
+
+    def close(self, finish_reason: str | None, error: AbiError | None = None) -> None:
+        if self._on_loop():
+            self._close(finish_reason, error)
+        else:
+            self._loop.call_soon_threadsafe(self._close, finish_reason, error)
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        self._event.set()
+
+    def _close(self, finish_reason: str | None, error: AbiError | None) -> None:
+        if self.closed:
+            return
+        self.finish_reason, self.error, self.closed = finish_reason, error, True
+        self._event.set()
+        for callback in self._on_close:
+            callback()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._on_close.append(callback)
+
+    # consumer side (the event loop) --------------------------------------------------------
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until pieces are ready or the channel closed; False on timeout."""
+        if self._pieces or self.closed:
+            return True
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def drain(self) -> list[str]:
+        self._event.clear()
+        pieces = []
+        while self._pieces:
+            pieces.append(self._pieces.popleft())
+        return pieces
+
+    @property
+    def done(self) -> bool:
+        return self.closed and not self._pieces
+
+
+class Backend(Protocol):
+    """What the engine needs from a backend. `start` must return at once and never block."""
+
+    model_id: str
+    kind: str
+    capacity: int
+
+    async def prepare(self, request: GenerationRequest) -> Prepared: ...
+
+    def start(self, prepared: Prepared, channel: TokenChannel, cancel: CancelFlag) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+

@@ -1,0 +1,451 @@
+"""Local inference on llama-cpp-python's low-level API, several sequences per decode step.
+
+One llama.cpp context per model holds `parallel` sequences (each with its own `n_ctx` cells).
+One thread per model runs the decode loop: each step puts one token per generating sequence,
+plus chunks of any prompts being prefilled, into one batch (continuous batching: new requests
+join between steps), then samples every sequence from its own sampler chain. The high-level
+`Llama.create_completion` costs ~64 µs of Python per token and decodes one sequence at a time,
+which is why this drives llama.cpp directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as L
+from llama_cpp import _internals as internals
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_grammar import JSON_GBNF
+
+from abi_tui.backends.base import CancelFlag, GenerationRequest, Prepared, SamplingParams, TokenChannel
+from abi_tui.backends.chat_templates import TEMPLATES, TURN_ENDS, fallback_format
+from abi_tui.backends.llama_log import LLAMA_LOG, MemoryReport
+from abi_tui.backends.text import StopMatcher
+from abi_tui.errors import ContextLengthExceeded, GenerationError, InvalidRequest, ModelLoadError
+from abi_tui.models.gguf_header import read_header
+
+log = logging.getLogger(__name__)
+
+LOAD_LOCK = threading.Lock()  # llama.cpp logs globally: one load at a time keeps sizes attributable
+INLINE_TOKENIZE_CHARS = 16_000  # longer prompts are tokenized on a worker thread
+PENALTY_LAST_N = 64
+
+
+@dataclass
+class LlamaOptions:
+    n_ctx: int = 4096
+    parallel: int = 4
+    n_gpu_layers: int = -1
+    threads: int | None = None
+    n_batch: int = 512
+
+
+@dataclass(eq=False)
+class Sequence:
+    prepared: Prepared
+    channel: TokenChannel
+    cancel: CancelFlag
+    tokens: list[int]
+    stops: StopMatcher
+    seq_id: int = -1
+    sampler: Any = None
+    prefilled: int = 0
+    n_past: int = 0
+    generated: int = 0
+    last_token: int = -1
+    row: int = -1
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+    started_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.prefilled < len(self.tokens)
+
+
+class LlamaBackend:
+    kind = "llama"
+
+    def __init__(self, path: Path, name: str, options: LlamaOptions) -> None:
+        """Load the model and create its context (blocking: call from a worker thread)."""
+        self.path = Path(path)
+        self.name = self.model_id = name
+        self.options = options
+        self.header = read_header(self.path)
+        started = time.perf_counter()
+        threads = options.threads or os.cpu_count() or 1
+        model_params = L.llama_model_default_params()
+        model_params.n_gpu_layers = options.n_gpu_layers if options.n_gpu_layers >= 0 else 999
+        ctx_params = L.llama_context_default_params()
+        ctx_params.n_seq_max = options.parallel
+        ctx_params.n_ctx = options.n_ctx * options.parallel  # each sequence gets n_ctx cells
+        ctx_params.kv_unified = False
+        ctx_params.swa_full = False
+        ctx_params.n_batch = ctx_params.n_ubatch = options.n_batch
+        # Only the last row of each sequence needs logits; the default sizes the output buffer
+        # for n_batch rows of the vocabulary (512 MiB on gemma-3's 262k vocabulary).
+        ctx_params.n_outputs_max = options.parallel
+        ctx_params.n_threads = ctx_params.n_threads_batch = threads
+        with LOAD_LOCK, LLAMA_LOG.capture() as lines:
+            try:
+                self.model = internals.LlamaModel(path_model=str(self.path), params=model_params, verbose=True)
+                self.ctx = internals.LlamaContext(model=self.model, params=ctx_params, verbose=True)
+            except (ValueError, RuntimeError) as exc:
+                detail = LLAMA_LOG.last_error(lines) or str(exc)
+                raise ModelLoadError(f"llama.cpp could not load {self.path.name}: {detail}") from None
+        self._warm_up()
+        self.memory = MemoryReport.from_log(lines)
+        self.memory.weights = L.llama_model_size(self.model.model)
+        self.load_ms = (time.perf_counter() - started) * 1000
+        self.vocab = self.model.vocab
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_seq = L.llama_n_ctx_seq(self.ctx.ctx)
+        self.n_ctx_total = L.llama_n_ctx(self.ctx.ctx)
+        self.n_params = L.llama_model_n_params(self.model.model)
+        self.capacity = options.parallel
+        self._bos_text = self._piece_text(L.llama_vocab_bos(self.vocab), special=True)
+        self._eos_text = self._piece_text(L.llama_vocab_eos(self.vocab), special=True)
+        template = self.header.metadata.get("tokenizer.chat_template")
+        if isinstance(template, str) and template.strip():
+            self.chat_format, self.turn_ends = "gguf", []
+        else:
+            self.chat_format = fallback_format(self.header.architecture, self._is_single_token)
+            template, self.turn_ends = TEMPLATES[self.chat_format], TURN_ENDS[self.chat_format]
+        self.formatter = Jinja2ChatFormatter(template, eos_token=self._eos_text, bos_token=self._bos_text)
+        self._pieces: dict[int, bytes | None] = {}  # token -> text bytes, None for end-of-generation
+        self._batch = L.llama_batch_init(options.n_batch, 0, 1)
+        self._free_ids = list(range(options.parallel))
+        self._incoming: deque[Sequence] = deque()
+        self._active: list[Sequence] = []
+        self._wake = threading.Condition()
+        self._closing = False
+        self._embed_ctx: internals.LlamaContext | None = None
+        self._embed_lock = threading.Lock()
+        self.tokens_generated = 0
+        self._thread = threading.Thread(target=self._run, name=f"llama-decode:{name}", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------------------------- helpers
+    def _warm_up(self) -> None:
+        """Decode one token once, as llama-server does: the first decode pages in the weights
+        and builds the compute graph (about a second on gemma here), which the first request
+        should not pay for."""
+        batch = L.llama_batch_init(1, 0, 1)
+        try:
+            batch.token[0] = max(L.llama_vocab_bos(self.model.vocab), 0)
+            batch.pos[0], batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = 0, 1, 0, True
+            batch.n_tokens = 1
+            L.llama_decode(self.ctx.ctx, batch)
+        finally:
+            L.llama_batch_free(batch)
+            L.llama_memory_clear(self.ctx.memory, True)
+
+    def _piece_text(self, token: int, special: bool = False) -> str:
+        if token < 0:
+            return ""
+        return self.model.token_to_piece(token, special).rstrip(b"\0").decode("utf-8", errors="replace")
+
+    def _is_single_token(self, text: str) -> bool:
+        return len(self.model.tokenize(text.encode(), False, True)) == 1
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
+        return self.model.tokenize(text.encode("utf-8"), add_bos, special)
+
+    def _piece(self, token: int) -> bytes | None:
+        piece = self._pieces.get(token, b"?")
+        if piece == b"?":
+            if L.llama_vocab_is_eog(self.vocab, token):
+                piece = None
+            else:
+                buffer = ctypes.create_string_buffer(64)
+                n = L.llama_token_to_piece(self.vocab, token, buffer, 64, 0, False)
+                if n < 0:
+                    buffer = ctypes.create_string_buffer(-n)
+                    n = L.llama_token_to_piece(self.vocab, token, buffer, -n, 0, False)
+                piece = buffer.raw[:n]
+            self._pieces[token] = piece
+        return piece
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        try:
+            return self.formatter(messages=messages).prompt
+        except Exception as exc:  # a template's own raise_exception, or a Jinja error
+            raise InvalidRequest(f"the model's chat template rejected these messages: {exc}", param="messages") from None
+
+    # ----------------------------------------------------------------------------- Backend
+    async def prepare(self, request: GenerationRequest) -> Prepared:
+        params = request.params
+        for token in params.logit_bias:
+            if not 0 <= token < self.n_vocab:
+                raise InvalidRequest(f"logit_bias token {token} is outside this model's vocabulary (0-{self.n_vocab - 1})",
+                                     param="logit_bias")
+        if request.messages is not None:
+            text = self.render_chat(request.messages)
+            add_bos = L.llama_vocab_get_add_bos(self.vocab) and not (self._bos_text and text.startswith(self._bos_text))
+            stops = params.stop + self.turn_ends
+        else:
+            text = request.prompt or ""
+            add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
+            stops = list(params.stop)
+        if len(text) > INLINE_TOKENIZE_CHARS:
+            tokens = await asyncio.to_thread(self.tokenize, text, add_bos=add_bos)
+        else:
+            tokens = self.tokenize(text, add_bos=add_bos)
+        if not tokens:
+            tokens = [L.llama_vocab_bos(self.vocab)]
+        n_prompt = len(tokens)
+        limit = self.n_ctx_seq
+        max_tokens = params.max_tokens if params.max_tokens is not None else limit - n_prompt
+        if n_prompt + max(max_tokens, 1) > limit:
+            param = "messages" if request.messages is not None else "prompt"
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} for the completion). "
+                "Please reduce the length of the prompt or max_tokens.",
+                param=param,
+            )
+        return Prepared(request, n_prompt, max_tokens, payload=(tokens, stops))
+
+    def start(self, prepared: Prepared, channel: TokenChannel, cancel: CancelFlag) -> None:
+        tokens, stops = prepared.payload
+        seq = Sequence(prepared, channel, cancel, tokens, StopMatcher(stops))
+        with self._wake:
+            self._incoming.append(seq)
+            self._wake.notify()
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.name, "kind": self.kind, "path": str(self.path),
+                "architecture": self.header.architecture, "chat_format": self.chat_format,
+                "n_ctx": self.n_ctx_seq, "parallel": self.capacity}
+
+    def stats(self) -> dict[str, Any]:
+        active = list(self._active)
+        return {
+            "model": self.name,
+            "bytes": self.memory.to_dict(),
+            "kv_cells_used": sum(s.n_past for s in active),
+            "kv_cells_capacity": self.n_ctx_total,
+            "context_per_request": self.n_ctx_seq,
+            "sequences_active": len(active),
+            "sequences_max": self.capacity,
+            "load_ms": round(self.load_ms, 1),
+            "tokens_generated": self.tokens_generated,
+        }
+
+    # ----------------------------------------------------------------------------- decode loop
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._incoming and not self._active and not self._closing:
+                    self._wake.wait()
+                if self._closing:
+                    break
+                while self._incoming and self._free_ids:
+                    self._admit(self._incoming.popleft())
+            try:
+                self._step()
+            except Exception as exc:  # a llama.cpp failure ends these streams, not the server
+                log.exception("decode step failed")
+                for seq in list(self._active):
+                    self._finish(seq, None, GenerationError(f"generation failed: {exc}"))
+        for seq in list(self._active):
+            self._finish(seq, "cancelled")
+        while self._incoming:
+            self._incoming.popleft().channel.close("cancelled")
+
+    def _admit(self, seq: Sequence) -> None:
+        if seq.cancel.is_set:
+            seq.channel.close("cancelled")
+            return
+        seq.seq_id = self._free_ids.pop()
+        L.llama_memory_seq_rm(self.ctx.memory, seq.seq_id, -1, -1)
+        try:
+            seq.sampler = self._build_sampler(seq.prepared.request.params)
+        except Exception as exc:
+            self._free_ids.append(seq.seq_id)
+            seq.channel.close(None, GenerationError(f"could not set up sampling: {exc}"))
+            return
+        self._active.append(seq)
+
+    def _build_sampler(self, params: SamplingParams) -> Any:
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+
+        def add(sampler: Any) -> None:
+            if not sampler:
+                L.llama_sampler_free(chain)
+                raise ValueError("llama.cpp refused a sampler setting (an invalid grammar?)")
+            L.llama_sampler_chain_add(chain, sampler)
+
+        if params.json_mode:
+            add(L.llama_sampler_init_grammar(self.vocab, JSON_GBNF.encode(), b"root"))
+        if params.logit_bias:
+            biases = (L.llama_logit_bias * len(params.logit_bias))()
+            for i, (token, bias) in enumerate(params.logit_bias.items()):
+                biases[i].token, biases[i].bias = token, bias
+            add(L.llama_sampler_init_logit_bias(self.n_vocab, len(params.logit_bias), biases))
+        if params.presence_penalty or params.frequency_penalty or params.repeat_penalty != 1.0:
+            add(L.llama_sampler_init_penalties(PENALTY_LAST_N, params.repeat_penalty,
+                                               params.frequency_penalty, params.presence_penalty))
+        if params.temperature <= 0:
+            add(L.llama_sampler_init_greedy())
+            return chain
+        if params.top_k > 0:
+            add(L.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            add(L.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0:
+            add(L.llama_sampler_init_min_p(params.min_p, 1))
+        add(L.llama_sampler_init_temp(params.temperature))
+        seed = params.seed if params.seed is not None else L.LLAMA_DEFAULT_SEED
+        add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _step(self) -> None:
+        batch = self._batch
+        batch.n_tokens = 0
+        budget = self.options.n_batch
+        for seq in list(self._active):
+            if seq.cancel.is_set:
+                self._finish(seq, "cancelled")
+        decoding = [s for s in self._active if not s.prefilling]
+        for seq in decoding:  # one token each; never more than n_batch (parallel <= n_batch)
+            self._add(seq.last_token, seq.n_past, seq.seq_id, True)
+            seq.row = batch.n_tokens - 1
+            seq.n_past += 1
+            budget -= 1
+        for seq in self._active:
+            if not seq.prefilling or budget <= 0:
+                continue
+            seq.row = -1
+            chunk = seq.tokens[seq.prefilled: seq.prefilled + budget]
+            last = seq.prefilled + len(chunk) == len(seq.tokens)
+            for j, token in enumerate(chunk):
+                self._add(token, seq.n_past + j, seq.seq_id, last and j == len(chunk) - 1)
+            seq.prefilled += len(chunk)
+            seq.n_past += len(chunk)
+            budget -= len(chunk)
+            if last:
+                seq.row = batch.n_tokens - 1
+        if batch.n_tokens == 0:
+            return
+        code = L.llama_decode(self.ctx.ctx, batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode returned {code}")
+        for seq in list(self._active):
+            if seq.row < 0:
+                continue
+            row, seq.row = seq.row, -1
+            token = L.llama_sampler_sample(seq.sampler, self.ctx.ctx, row)
+            self._emit(seq, token)
+
+    def _add(self, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        batch = self._batch
+        i = batch.n_tokens
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq_id
+        batch.logits[i] = logits
+        batch.n_tokens = i + 1
+
+    def _emit(self, seq: Sequence, token: int) -> None:
+        piece = self._piece(token)
+        if piece is None:
+            self._finish(seq, "stop")
+            return
+        seq.generated += 1
+        self.tokens_generated += 1
+        text = seq.stops.feed(seq.decoder.decode(piece))
+        if text:
+            seq.channel.put(text)
+        else:
+            seq.channel.count_silent_token()
+        if seq.stops.stopped:
+            self._finish(seq, "stop")
+        elif seq.generated >= seq.prepared.max_tokens:
+            self._finish(seq, "length")
+        else:
+            seq.last_token = token
+
+    def _finish(self, seq: Sequence, reason: str | None, error: GenerationError | None = None) -> None:
+        if reason in ("stop", "length"):
+            tail = seq.stops.flush() if not seq.stops.stopped else ""
+            tail += seq.decoder.decode(b"", final=True)
+            if tail:
+                seq.channel.put(tail, count=False)
+        if seq in self._active:
+            self._active.remove(seq)
+        if seq.sampler is not None:
+            L.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+        if seq.seq_id >= 0:
+            L.llama_memory_seq_rm(self.ctx.memory, seq.seq_id, -1, -1)  # free its cells at once
+            self._free_ids.append(seq.seq_id)
+            seq.seq_id = -1
+        seq.channel.close(reason, error)
+
+    # ----------------------------------------------------------------------------- embeddings
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Mean-pooled, L2-normalised embeddings and the prompt token count (blocking)."""
+        with self._embed_lock:
+            if self._embed_ctx is None:
+                params = L.llama_context_default_params()
+                params.n_ctx = params.n_batch = params.n_ubatch = min(self.n_ctx_seq, 2048)
+                params.embeddings = True
+                params.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
+                params.n_threads = params.n_threads_batch = self.options.threads or os.cpu_count() or 1
+                with LOAD_LOCK, LLAMA_LOG.capture():
+                    self._embed_ctx = internals.LlamaContext(model=self.model, params=params, verbose=True)
+            ctx = self._embed_ctx
+            limit = L.llama_n_ctx(ctx.ctx)
+            n_embd = L.llama_model_n_embd(self.model.model)
+            batch = L.llama_batch_init(limit, 0, 1)
+            vectors, total = [], 0
+            try:
+                for text in texts:
+                    tokens = self.tokenize(text, add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)), special=False)
+                    if len(tokens) > limit:
+                        raise ContextLengthExceeded(
+                            f"input of {len(tokens)} tokens is longer than the embedding context ({limit})", param="input")
+                    tokens = tokens or [L.llama_vocab_bos(self.vocab)]
+                    total += len(tokens)
+                    L.llama_memory_clear(L.llama_get_memory(ctx.ctx), True)
+                    batch.n_tokens = 0
+                    for i, token in enumerate(tokens):
+                        batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
+                        batch.seq_id[i][0], batch.logits[i] = 0, True
+                    batch.n_tokens = len(tokens)
+                    if L.llama_decode(ctx.ctx, batch) != 0:
+                        raise GenerationError("llama.cpp failed to compute an embedding")
+                    pointer = L.llama_get_embeddings_seq(ctx.ctx, 0)
+                    vector = [pointer[i] for i in range(n_embd)]
+                    norm = sum(v * v for v in vector) ** 0.5 or 1.0
+                    vectors.append([v / norm for v in vector])
+            finally:
+                L.llama_batch_free(batch)
+            return vectors, total
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
+        if self._batch is not None:
+            L.llama_batch_free(self._batch)
+            self._batch = None
+        if self._embed_ctx is not None:
+            self._embed_ctx.close()
+            self._embed_ctx = None
+        self.ctx.close()
+        self.model.close()

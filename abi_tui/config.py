@@ -1,0 +1,280 @@
+"""Settings: defaults < config.toml < ABI_* environment < command-line flags.
+
+Every setting lives in one dataclass per section of `config.toml`. A setting's environment
+variable is `ABI_<KEY>` for the server section (`ABI_PORT`, `ABI_MAX_QUEUE`, ...) and
+`ABI_<SECTION>_<KEY>` elsewhere, except the few named in `ENV_ALIASES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 8420
+
+
+class ConfigError(Exception):
+    """A setting a user wrote is wrong; the message names where and what, on one line."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    model: str | None = None
+    token: str | None = None
+    admin_token: str | None = None
+    insecure_no_auth: bool = False
+    max_streams: int = 100
+    max_queue: int = 64
+    heartbeat_ms: int = 15000
+    n_ctx: int = 4096
+    n_gpu_layers: int = -1
+    threads: int | None = None
+    # Sequences decoded together in one llama.cpp context (continuous batching).
+    parallel: int = 4
+    max_loaded_models: int = 2
+    pool_memory_budget: int | None = None
+    keep_alive_s: float | None = None
+    max_body_bytes: int = 1024 * 1024
+
+
+@dataclass
+class ModelsConfig:
+    dir: str | None = None
+    last_used: str | None = None
+
+
+@dataclass
+class UiConfig:
+    theme: str = "abi-dark"
+
+
+@dataclass
+class TelemetryConfig:
+    interval_s: float = 1.0
+    history: int = 300
+
+
+@dataclass
+class VectorStoreConfig:
+    url: str | None = None
+    path: str | None = None
+    embedding_model: str | None = None
+    threshold: float = 0.35
+
+
+@dataclass
+class Settings:
+    home: Path
+    server: ServerConfig = field(default_factory=ServerConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    vector_store: VectorStoreConfig = field(default_factory=VectorStoreConfig)
+    # Free-form tables: binding id -> key, and named OpenAI-compatible endpoints.
+    keys: dict[str, str] = field(default_factory=dict)
+    endpoints: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / "config.toml"
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.models.dir).expanduser() if self.models.dir else self.home / "models"
+
+    @property
+    def vectors_dir(self) -> Path:
+        return Path(self.vector_store.path).expanduser() if self.vector_store.path else self.home / "vectors"
+
+    @property
+    def chats_db(self) -> Path:
+        return self.home / "chats.db"
+
+    @property
+    def bench_dir(self) -> Path:
+        return self.home / "bench"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def admin_token(self) -> str | None:
+        return self.server.admin_token or self.server.token
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "models": ModelsConfig,
+    "ui": UiConfig,
+    "telemetry": TelemetryConfig,
+    "vector_store": VectorStoreConfig,
+}
+FREE_TABLES = ("keys", "endpoints")
+ENV_ALIASES = {"server.token": "ABI_API_TOKEN", "models.dir": "ABI_MODELS_DIR"}
+
+
+def abi_home(env: dict[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("ABI_HOME") or "~/.abi").expanduser()
+
+
+def env_name(dotted: str) -> str:
+    if dotted in ENV_ALIASES:
+        return ENV_ALIASES[dotted]
+    section, key = dotted.split(".", 1)
+    return f"ABI_{key.upper()}" if section == "server" else f"ABI_{section.upper()}_{key.upper()}"
+
+
+def _field_type(cls: type, name: str) -> type:
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return args[0]
+    return hint
+
+
+def coerce(value: Any, kind: type, where: str) -> Any:
+    """Convert a TOML or environment value to the setting's type, or raise ConfigError."""
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        if text.lower() in ("", "none", "null") and kind is not bool:
+            return None
+        try:
+            if kind is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _line_of(text: str, section: str, key: str) -> int | None:
+    current = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        header = re.match(r"\s*\[\s*([^\]]+?)\s*\]", line)
+        if header:
+            current = header.group(1)
+        elif current == section and re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return number
+    return None
+
+
+def _syntax_error(path: Path, text: str, error: tomllib.TOMLDecodeError) -> ConfigError:
+    message = str(error)
+    match = re.search(r"line (\d+)", message)
+    line = int(match.group(1)) if match else None
+    key = ""
+    if line is not None:
+        lines = text.splitlines()
+        source = lines[line - 1] if 0 < line <= len(lines) else ""
+        found = re.match(r"\s*([\w.\-\"']+)\s*=", source)
+        key = f", key {found.group(1)}" if found else ""
+    reason = re.sub(r"\s*\(at line.*\)$", "", message)
+    where = f"line {line}" if line else "unknown line"
+    return ConfigError(f"{path}: {where}{key}: {reason}")
+
+
+def read_config_file(path: Path) -> tuple[dict[str, Any], str]:
+    if not path.exists():
+        return {}, ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise _syntax_error(path, text, exc) from None
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> Settings:
+    """Build the settings. `overrides` are dotted keys from flags (`server.port`), None = unset."""
+    env = dict(os.environ) if env is None else env
+    home = abi_home(env)
+    settings = Settings(home=home)
+    path = settings.config_path
+    data, text = read_config_file(path)
+
+    for section, table in data.items():
+        if section in FREE_TABLES:
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: line {_line_of(text, '', section)}, key {section}: expected a table")
+            setattr(settings, section, table)
+            continue
+        cls = SECTIONS.get(section)
+        if cls is None or not isinstance(table, dict):
+            known = ", ".join([*SECTIONS, *FREE_TABLES])
+            raise ConfigError(f"{path}: line {_line_of(text, section, '') or '?'}, key {section}: unknown section (known: {known})")
+        target = getattr(settings, section)
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key, value in table.items():
+            where = f"{path}: line {_line_of(text, section, key) or '?'}, key {section}.{key}"
+            if key not in names:
+                raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+            setattr(target, key, coerce(value, _field_type(cls, key), where))
+
+    for section, cls in SECTIONS.items():
+        target = getattr(settings, section)
+        for f in dataclasses.fields(cls):
+            dotted = f"{section}.{f.name}"
+            name = env_name(dotted)
+            if name in env:
+                setattr(target, f.name, coerce(env[name], _field_type(cls, f.name), f"environment {name}"))
+            if overrides and overrides.get(dotted) is not None:
+                setattr(target, f.name, coerce(overrides[dotted], _field_type(cls, f.name), f"--{f.name.replace('_', '-')}"))
+    return settings
+
+
+def save_setting(settings: Settings, dotted: str, value: Any) -> None:
+    """Persist one setting in config.toml, keeping the rest of the file as written."""
+    section, key = dotted.split(".", 1)
+    path = settings.config_path
+    _, text = read_config_file(path)
+    lines = text.splitlines()
+    rendered = f"{key} = {_toml_value(value)}"
+    number = _line_of(text, section, key)
+    if number is not None:
+        lines[number - 1] = rendered
+    else:
+        header = next((i for i, line in enumerate(lines) if re.match(rf"\s*\[\s*{re.escape(section)}\s*\]", line)), None)
+        if header is None:
+            lines += (["", f"[{section}]"] if lines else [f"[{section}]"]) + [rendered]
+        else:
+            lines.insert(header + 1, rendered)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    target = getattr(settings, section)
+    if isinstance(target, dict):
+        target[key] = value
+    else:
+        setattr(target, key, value)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

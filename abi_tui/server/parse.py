@@ -1,0 +1,227 @@
+"""Request bodies to GenerationRequest: every wrong value is a 400 naming its field."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from aiohttp import web
+
+from abi_tui.backends.base import GenerationRequest, SamplingParams
+from abi_tui.errors import AbiError, InvalidRequest
+
+ROLES = ("system", "developer", "user", "assistant")
+
+
+class PayloadTooLarge(AbiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(AbiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the {limit}-byte limit")
+    ctype = request.content_type
+    if request.body_exists and ctype not in ("application/json", "application/octet-stream", "text/plain", "") \
+            and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"send the body as application/json, not {ctype}")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+    if not body:
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return data
+
+
+def _number(data: dict, key: str, default: float | None, lo: float, hi: float) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest(f"'{key}' must be a number", param=key)
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"'{key}' must be between {lo:g} and {hi:g}, got {value}", param=key)
+    return float(value)
+
+
+def _integer(data: dict, key: str, lo: int | None = None, hi: int | None = None) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise InvalidRequest(f"'{key}' must be an integer", param=key)
+    if lo is not None and value < lo:
+        raise InvalidRequest(f"'{key}' must be at least {lo}, got {value}", param=key)
+    if hi is not None and value > hi:
+        raise InvalidRequest(f"'{key}' must be at most {hi}, got {value}", param=key)
+    return value
+
+
+def _string(data: dict, key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"'{key}' must be a string", param=key)
+    return value
+
+
+def _bool(data: dict, key: str) -> bool:
+    value = data.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"'{key}' must be true or false", param=key)
+    return value
+
+
+def _stop(data: dict) -> list[str]:
+    value = data.get("stop")
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        if len(value) > 16:
+            raise InvalidRequest("'stop' takes at most 16 strings", param="stop")
+        return list(value)
+    raise InvalidRequest("'stop' must be a string or a list of strings", param="stop")
+
+
+def _logit_bias(data: dict) -> dict[int, float]:
+    value = data.get("logit_bias")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest("'logit_bias' must be an object of token id to bias", param="logit_bias")
+    bias = {}
+    for key, amount in value.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"'logit_bias' key {key!r} is not a token id", param="logit_bias") from None
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not -100 <= amount <= 100:
+            raise InvalidRequest(f"'logit_bias' value for token {key} must be a number from -100 to 100",
+                                 param="logit_bias")
+        bias[token] = float(amount)
+    return bias
+
+
+def _content(message: dict, index: int) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if content is None and message.get("role") == "assistant":
+        return ""
+    if isinstance(content, list):  # the array form: text parts only
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidRequest(f"messages[{index}].content: only text parts are supported",
+                                     param=f"messages[{index}].content")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise InvalidRequest(f"messages[{index}].content must be a string", param=f"messages[{index}].content")
+
+
+def parse_messages(value: Any) -> list[dict[str, str]]:
+    if value is None:
+        raise InvalidRequest("'messages' is required", param="messages")
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest("'messages' must be a non-empty list of messages", param="messages")
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object with 'role' and 'content'", param=f"messages[{i}]")
+        role = message.get("role")
+        if role not in ROLES:
+            if role in ("tool", "function"):
+                raise InvalidRequest(f"messages[{i}]: tool messages are not supported", param=f"messages[{i}].role")
+            raise InvalidRequest(f"messages[{i}].role must be one of {', '.join(ROLES)}", param=f"messages[{i}].role")
+        if message.get("tool_calls"):
+            raise InvalidRequest(f"messages[{i}]: tool calls are not supported", param=f"messages[{i}].tool_calls")
+        messages.append({"role": "system" if role == "developer" else role, "content": _content(message, i)})
+    return messages
+
+
+def sampling_params(data: dict) -> SamplingParams:
+    n = _integer(data, "n", lo=1)
+    if n is not None and n > 1:
+        raise InvalidRequest("'n' greater than 1 is not supported: send one request per choice", param="n")
+    for key in ("tools", "functions", "tool_choice", "function_call"):
+        if data.get(key):
+            raise InvalidRequest(f"'{key}' is not supported by this server", param=key)
+    if data.get("logprobs") not in (None, False, 0) or data.get("top_logprobs"):
+        raise InvalidRequest("'logprobs' is not supported by this server", param="logprobs")
+    max_tokens = _integer(data, "max_completion_tokens", lo=1)
+    if max_tokens is None:
+        max_tokens = _integer(data, "max_tokens", lo=1)
+    json_mode = False
+    response_format = data.get("response_format")
+    if response_format is not None:
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if kind == "json_object":
+            json_mode = True
+        elif kind != "text":
+            raise InvalidRequest("'response_format.type' must be 'text' or 'json_object'", param="response_format")
+    seed = _integer(data, "seed")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=_number(data, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(data, "top_p", 1.0, 0.0, 1.0),
+        top_k=_integer(data, "top_k", lo=0) or 0,
+        min_p=_number(data, "min_p", 0.0, 0.0, 1.0),
+        stop=_stop(data),
+        seed=seed,
+        presence_penalty=_number(data, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(data, "frequency_penalty", 0.0, -2.0, 2.0),
+        repeat_penalty=_number(data, "repeat_penalty", 1.0, 0.0, 10.0),
+        logit_bias=_logit_bias(data),
+        json_mode=json_mode,
+    )
+
+
+def chat_request(data: dict, route: str) -> GenerationRequest:
+    model = _string(data, "model")
+    messages = parse_messages(data.get("messages"))
+    return GenerationRequest(model=model, messages=messages, params=sampling_params(data), route=route)
+
+
+def completion_request(data: dict, route: str) -> GenerationRequest:
+    model = _string(data, "model")
+    prompt = data.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if prompt is None:
+        raise InvalidRequest("'prompt' is required", param="prompt")
+    if not isinstance(prompt, str):
+        raise InvalidRequest("'prompt' must be a string (one prompt per request)", param="prompt")
+    for key in ("suffix", "echo", "best_of"):
+        if data.get(key) not in (None, False, 1):
+            raise InvalidRequest(f"'{key}' is not supported by this server", param=key)
+    return GenerationRequest(model=model, prompt=prompt, params=sampling_params(data), route=route)
+
+
+def stream_flags(data: dict) -> tuple[bool, bool]:
+    """(stream, include_usage)."""
+    stream = _bool(data, "stream")
+    options = data.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object", param="stream_options")
+    include_usage = bool(options and options.get("include_usage"))
+    return stream, include_usage

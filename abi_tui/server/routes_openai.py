@@ -1,0 +1,205 @@
+"""OpenAI-compatible routes (SPEC §2.1): models, chat completions, completions, embeddings.
+
+Streaming chunks share a prefix and suffix built once per stream: per token only the text is
+JSON-encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import struct
+import time
+from typing import Any
+
+from aiohttp import web
+
+from abi_tui.backends.engine import Stream
+from abi_tui.errors import AbiError, InvalidRequest
+from abi_tui.server.parse import chat_request, completion_request, read_json, stream_flags
+from abi_tui.server.sse import DONE_FRAME, dumps, sse_frame
+from abi_tui.server.state import state_of
+from abi_tui.server.streaming import collect, pump_sse
+
+MOCK_IDS = ("mock/constant_rate", "mock/variable_rate", "mock/burst", "mock/warmup")
+
+
+def completion_id(kind: str) -> str:
+    return f"{kind}-{secrets.token_hex(12)}"
+
+
+class _ChunkEncoder:
+    """Shared by chat and legacy completions: the wire shapes differ only in the choice body."""
+
+    object_name = ""
+
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self.created = int(time.time())
+        self._prefix = b""
+        self._suffix = b""
+
+    def _frame(self, stream: Stream, choice: dict[str, Any], usage: Any = None) -> bytes:
+        chunk: dict[str, Any] = {"id": stream.request.request_id, "object": self.object_name,
+                                 "created": self.created, "model": stream.model,
+                                 "choices": [choice] if choice else []}
+        if usage is not None:
+            chunk["usage"] = usage
+        return b"data: " + dumps(chunk).encode() + b"\n\n"
+
+    def _constant_parts(self, stream: Stream) -> None:
+        marker = "\x00TEXT\x00"
+        frame = self._frame(stream, self._choice(marker, None)).decode()
+        head, _, tail = frame.partition(dumps(marker))
+        self._prefix, self._suffix = head.encode(), tail.encode()
+
+    def tokens(self, stream: Stream, pieces: list[str]) -> bytes:
+        if not self._prefix:
+            self._constant_parts(stream)
+        prefix, suffix = self._prefix, self._suffix
+        return b"".join(prefix + dumps(p).encode() + suffix for p in pieces)
+
+    def end(self, stream: Stream) -> bytes:
+        reason = stream.finish_reason if stream.finish_reason in ("stop", "length") else "stop"
+        out = self._frame(stream, self._choice(None, reason))
+        if self.include_usage:
+            out += self._frame(stream, {}, usage=usage_dict(stream))
+        return out + DONE_FRAME
+
+    def error(self, stream: Stream, error: AbiError) -> bytes:
+        return sse_frame(error.to_dict()) + DONE_FRAME
+
+    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ChatChunks(_ChunkEncoder):
+    object_name = "chat.completion.chunk"
+
+    def start(self, stream: Stream) -> bytes:
+        return self._frame(stream, {"index": 0, "delta": {"role": "assistant", "content": ""},
+                                    "logprobs": None, "finish_reason": None})
+
+    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+        delta = {"content": text} if text is not None else {}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+class CompletionChunks(_ChunkEncoder):
+    object_name = "text_completion"
+
+    def start(self, stream: Stream) -> bytes:
+        return b""
+
+    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+
+def usage_dict(stream: Stream) -> dict[str, int]:
+    prompt, completion = stream.prompt_tokens, stream.completion_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def finish_of(stream: Stream) -> str:
+    if stream.error is not None:
+        raise stream.error
+    return stream.finish_reason if stream.finish_reason in ("stop", "length") else "stop"
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = state_of(request)
+    data = await read_json(request, state.settings.server.max_body_bytes)
+    streaming, include_usage = stream_flags(data)
+    generation = chat_request(data, route="chat")
+    generation.request_id = completion_id("chatcmpl")
+    stream = await state.engine.open(generation)
+    if streaming:
+        return await pump_sse(request, stream, ChatChunks(include_usage))
+    text = await collect(stream)
+    return web.json_response({
+        "id": generation.request_id, "object": "chat.completion", "created": int(time.time()),
+        "model": stream.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "logprobs": None, "finish_reason": finish_of(stream)}],
+        "usage": usage_dict(stream),
+    })
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    state = state_of(request)
+    data = await read_json(request, state.settings.server.max_body_bytes)
+    streaming, include_usage = stream_flags(data)
+    generation = completion_request(data, route="completions")
+    generation.request_id = completion_id("cmpl")
+    stream = await state.engine.open(generation)
+    if streaming:
+        return await pump_sse(request, stream, CompletionChunks(include_usage))
+    text = await collect(stream)
+    return web.json_response({
+        "id": generation.request_id, "object": "text_completion", "created": int(time.time()),
+        "model": stream.model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_of(stream)}],
+        "usage": usage_dict(stream),
+    })
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    state = state_of(request)
+    data = await read_json(request, state.settings.server.max_body_bytes)
+    texts = data.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise InvalidRequest("'input' must be a string or a non-empty list of strings", param="input")
+    if len(texts) > 2048:
+        raise InvalidRequest("'input' takes at most 2048 strings per request", param="input")
+    encoding = data.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+    backend = await state.engine.embedding_backend(data.get("model"))
+    vectors, tokens = await asyncio.to_thread(backend.embed, texts)
+    items = []
+    for i, vector in enumerate(vectors):
+        value: Any = vector
+        if encoding == "base64":
+            value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        items.append({"object": "embedding", "index": i, "embedding": value})
+    return web.json_response({"object": "list", "data": items, "model": backend.model_id,
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = state_of(request)
+    created = int(state.started_wall)
+    engine = state.engine
+    resident = {m["model"] for m in engine.pool.summary()["models"]}
+    data: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def add(model_id: str, kind: str, **extra: Any) -> None:
+        if model_id not in seen:
+            seen.add(model_id)
+            data.append({"id": model_id, "object": "model", "created": created, "owned_by": "abi",
+                         "kind": kind, **extra})
+
+    for entry in await asyncio.to_thread(state.local_models):
+        add(entry["name"], "local", loaded=entry["name"] in resident, active=entry["name"] == engine.active_name,
+            **{k: entry[k] for k in ("quant", "size", "source") if k in entry})
+    for name in resident:
+        add(name, "local", loaded=True, active=name == engine.active_name)
+    for persona in ("auto", "abi", "abbey", "aviva"):
+        add(persona, "persona")
+    for remote in await state.remote_models():
+        add(remote, "remote")
+    for mock in MOCK_IDS:
+        add(mock, "mock")
+    return web.json_response({"object": "list", "data": data})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+

@@ -1,0 +1,242 @@
+"""The ABI streaming protocols: SSE on `POST /api/stream` (SPEC §2.2) and WebSocket on
+`GET /api/stream/ws` (SPEC §2.3), both over the same engine streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from abi_tui.backends.base import GenerationRequest
+from abi_tui.backends.engine import HEARTBEAT, Stream, new_request_id
+from abi_tui.errors import AbiError, InvalidRequest
+from abi_tui.server.parse import parse_messages, read_json, sampling_params
+from abi_tui.server.sse import dumps, sse_frame
+from abi_tui.server.state import ServerState, state_of
+from abi_tui.server.streaming import heartbeat_seconds, pump_sse
+
+log = logging.getLogger(__name__)
+
+WS_MAX_MESSAGE = 1024 * 1024
+WS_MAX_CONCURRENT = 4
+WS_PING_S = 30.0
+
+# Persona routing plugs in here (issue: personas): (state, request, body) -> routing dict or None.
+RouteHook = Callable[[ServerState, GenerationRequest, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+def generation_request(body: dict[str, Any], route: str) -> GenerationRequest:
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("'model' must be a string", param="model")
+    persona = body.get("persona")
+    if persona is not None and not isinstance(persona, str):
+        raise InvalidRequest("'persona' must be a string", param="persona")
+    if "messages" in body:
+        messages, prompt = parse_messages(body["messages"]), None
+    elif "prompt" in body:
+        messages, prompt = None, body["prompt"]
+        if not isinstance(prompt, str):
+            raise InvalidRequest("'prompt' must be a string", param="prompt")
+    else:
+        raise InvalidRequest("send 'prompt' (a string) or 'messages' (a list)", param="prompt")
+    request_id = body.get("request_id")
+    if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
+        raise InvalidRequest("'request_id' must be a string of 1-128 characters", param="request_id")
+    return GenerationRequest(model=model, messages=messages, prompt=prompt, params=sampling_params(body),
+                             request_id=request_id or new_request_id(), route=route)
+
+
+async def open_stream(state: ServerState, body: dict[str, Any], route: str) -> tuple[Stream, dict[str, Any] | None]:
+    generation = generation_request(body, route)
+    routing = None
+    hook: RouteHook | None = state.services.get("persona_hook")
+    if hook is not None:
+        routing = await hook(state, generation, body)
+    stream = await state.engine.open(generation)
+    return stream, routing
+
+
+def start_payload(stream: Stream, routing: dict[str, Any] | None) -> dict[str, Any]:
+    return {"request_id": stream.request.request_id, "model": stream.model,
+            "persona": routing.get("persona") if routing else None,
+            "routing": {k: routing[k] for k in ("persona", "confidence", "reason") if k in routing} if routing else None}
+
+
+def end_payload(stream: Stream) -> dict[str, Any]:
+    return {"finish_reason": stream.finish_reason if stream.finish_reason in ("stop", "length") else "stop",
+            "usage": {"prompt_tokens": stream.prompt_tokens, "completion_tokens": stream.completion_tokens},
+            "timings": {k: v for k, v in stream.timings().items() if k in ("ttft_ms", "total_ms", "tokens_per_s")}}
+
+
+def error_payload(error: AbiError) -> dict[str, Any]:
+    return {"code": error.code or "error", "message": error.message}
+
+
+class AbiSseEncoder:
+    """abi.start / abi.token / abi.end / abi.error with `id:` counting from 0 per stream."""
+
+    def __init__(self, routing: dict[str, Any] | None) -> None:
+        self.routing = routing
+        self.event_id = 0
+        self.index = 0
+
+    def _next_id(self) -> int:
+        value, self.event_id = self.event_id, self.event_id + 1
+        return value
+
+    def start(self, stream: Stream) -> bytes:
+        return sse_frame(start_payload(stream, self.routing), event="abi.start", event_id=self._next_id())
+
+    def tokens(self, stream: Stream, pieces: list[str]) -> bytes:
+        out = []
+        for piece in pieces:
+            n = self._next_id()
+            out.append(b"event: abi.token\nid: %d\ndata: {\"text\":%s,\"index\":%d}\n\n"
+                       % (n, dumps(piece).encode(), self.index))
+            self.index += 1
+        return b"".join(out)
+
+    def end(self, stream: Stream) -> bytes:
+        return sse_frame(end_payload(stream), event="abi.end", event_id=self._next_id())
+
+    def error(self, stream: Stream, error: AbiError) -> bytes:
+        return sse_frame(error_payload(error), event="abi.error", event_id=self._next_id())
+
+
+async def abi_stream(request: web.Request) -> web.StreamResponse:
+    state = state_of(request)
+    body = await read_json(request, state.settings.server.max_body_bytes)
+    stream, routing = await open_stream(state, body, route="abi")
+    return await pump_sse(request, stream, AbiSseEncoder(routing))
+
+
+class WsSession:
+    """One WebSocket connection: up to 4 streams at once, each identified by request_id."""
+
+    def __init__(self, state: ServerState, ws: web.WebSocketResponse, heartbeat: float | None) -> None:
+        self.state = state
+        self.ws = ws
+        self.heartbeat = heartbeat
+        self.streams: dict[str, Stream] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.pending: set[str] = set()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if not self.ws.closed:
+            await self.ws.send_str(dumps(message))
+
+    async def error(self, code: str, message: str, request_id: str | None = None) -> None:
+        await self.send({"type": "error", "request_id": request_id, "code": code, "message": message})
+
+    async def handle_text(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError as exc:
+            await self.error("invalid_json", f"message is not valid JSON: {exc}")
+            return
+        if not isinstance(message, dict):
+            await self.error("invalid_request", "a message must be a JSON object with a 'type'")
+            return
+        kind = message.get("type")
+        if kind == "cancel":
+            self.cancel(message.get("request_id"))
+        elif kind == "request":
+            if len(self.streams) + len(self.pending) >= WS_MAX_CONCURRENT:
+                await self.error("too_many_requests",
+                                 f"at most {WS_MAX_CONCURRENT} requests run at once on one connection",
+                                 message.get("request_id") if isinstance(message.get("request_id"), str) else None)
+                return
+            request_id = message.get("request_id") if isinstance(message.get("request_id"), str) else new_request_id()
+            if request_id in self.streams or request_id in self.pending:
+                await self.error("duplicate_request_id", f"request_id {request_id!r} is already running", request_id)
+                return
+            message["request_id"] = request_id
+            self.pending.add(request_id)
+            task = asyncio.create_task(self.run(message, request_id))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        else:
+            await self.error("invalid_request", "'type' must be 'request' or 'cancel'")
+
+    def cancel(self, request_id: Any) -> None:
+        targets = list(self.streams.values()) if request_id is None else [self.streams.get(request_id)]
+        for stream in targets:
+            if stream is not None:
+                stream.cancel()
+
+    async def run(self, body: dict[str, Any], request_id: str) -> None:
+        try:
+            stream, routing = await open_stream(self.state, body, route="ws")
+        except AbiError as exc:
+            self.pending.discard(request_id)
+            await self.send({"type": "error", "request_id": request_id, **error_payload(exc)})
+            return
+        self.pending.discard(request_id)
+        self.streams[request_id] = stream
+        index = 0
+        try:
+            await self.send({"type": "start", **start_payload(stream, routing)})
+            async for item in stream.events(None):
+                if item is HEARTBEAT:
+                    continue
+                for piece in item:
+                    await self.send({"type": "token", "request_id": request_id, "text": piece, "index": index})
+                    index += 1
+            if stream.error is not None:
+                await self.send({"type": "error", "request_id": request_id, **error_payload(stream.error)})
+            elif stream.finish_reason == "cancelled":
+                await self.send({"type": "cancelled", "request_id": request_id,
+                                 "usage": end_payload(stream)["usage"]})
+            else:
+                await self.send({"type": "end", "request_id": request_id, **end_payload(stream)})
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            if not stream.channel.closed:
+                stream.cancel()
+            self.streams.pop(request_id, None)
+
+    async def close(self) -> None:
+        self.cancel(None)
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _offered_bearer_protocol(request: web.Request) -> tuple[str, ...]:
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    return tuple(p for p in offered if p.startswith("bearer."))[:1]
+
+
+async def abi_stream_ws(request: web.Request) -> web.WebSocketResponse:
+    state = state_of(request)
+    ws = web.WebSocketResponse(heartbeat=WS_PING_S, max_msg_size=WS_MAX_MESSAGE,
+                               protocols=_offered_bearer_protocol(request))
+    await ws.prepare(request)
+    session = WsSession(state, ws, heartbeat_seconds(request))
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await session.handle_text(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await session.error("unsupported_data", "binary frames are not supported; send JSON text")
+                await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not supported")
+                break
+            elif msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        await session.close()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/stream", abi_stream)
+    app.router.add_get("/api/stream/ws", abi_stream_ws)

