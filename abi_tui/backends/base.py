@@ -98,6 +98,8 @@ class TokenChannel:
         self.completion_tokens = 0
         self.first_token_at: float | None = None
         self.extra: dict[str, Any] = {}
+        # Set by backends whose upstream reports exact counts (remote providers) at the end.
+        self.usage: Usage | None = None
         self._on_close: list[Callable[[], None]] = []
 
     # producer side (any thread) -------------------------------------------------------------

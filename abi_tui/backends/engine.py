@@ -74,11 +74,13 @@ class Stream:
 
     @property
     def prompt_tokens(self) -> int:
-        return self.prepared.prompt_tokens
+        usage = self.channel.usage
+        return usage.prompt_tokens if usage is not None else self.prepared.prompt_tokens
 
     @property
     def completion_tokens(self) -> int:
-        return self.channel.completion_tokens
+        usage = self.channel.usage
+        return usage.completion_tokens if usage is not None else self.channel.completion_tokens
 
     @property
     def finish_reason(self) -> str | None:
