@@ -28,6 +28,7 @@ ROUTE_MODULES = (
     "abi_tui.server.routes_openai",
     "abi_tui.server.routes_stream",
     "abi_tui.server.routes_admin",
+    "abi_tui.server.routes_telemetry",
 )
 
 
@@ -83,7 +84,9 @@ def _live_state(state: ServerState) -> dict[str, Any]:
             "pool_models": engine.pool.summary()["models"], "gpus": gpus, "extra": extra}
 
 
-def create_app(settings: Settings, engine: InferenceEngine | None = None) -> web.Application:
+def create_app(settings: Settings, engine: InferenceEngine | None = None,
+               services: dict[str, Any] | None = None) -> web.Application:
+    """`services` pre-sets entries of `state.services` (tests inject a fake `nvml_module`)."""
     events = EventBus()
     engine = engine or InferenceEngine(settings, publish=events.publish)
     engine.publish = events.publish
@@ -98,6 +101,7 @@ def create_app(settings: Settings, engine: InferenceEngine | None = None) -> web
 
     app = web.Application(middlewares=[errors_middleware], client_max_size=settings.server.max_body_bytes)
     app[STATE] = state
+    state.services.update(services or {})
     attach_services(state)
 
     for name in ROUTE_MODULES:

@@ -64,14 +64,15 @@ class RunningServer:
     url: str
 
 
-async def start_server(settings: Settings, *, fallback_to_free_port: bool = False) -> RunningServer:
+async def start_server(settings: Settings, *, fallback_to_free_port: bool = False,
+                       services: dict | None = None) -> RunningServer:
     from abi_tui.server.app import create_app
     from abi_tui.server.state import STATE
 
     check_bind_policy(settings)
     host = settings.server.host
     port = pick_port(host, settings.server.port, fallback_to_free_port)
-    app = create_app(settings)
+    app = create_app(settings, services=services)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -22,3 +22,7 @@ def attach_services(state: ServerState) -> None:
                 pass  # remembering is a convenience; never fail a swap over it
 
     state.services["remember_model"] = remember_model
+
+    from abi_tui.server import routes_telemetry
+
+    routes_telemetry.attach(state)
