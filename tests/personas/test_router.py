@@ -1,0 +1,336 @@
+"""The persona router against our labelled set and the tricky cases named in issue 6."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from abi_tui.errors import InvalidRequest
+from abi_tui.personas.router import PersonaRouter, RoutingDecision, route, split_override
+
+LABELLED = json.loads((Path(__file__).parent / "labelled_set.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def router() -> PersonaRouter:
+    return PersonaRouter()
+
+
+@pytest.fixture(scope="module")
+def decisions(router: PersonaRouter) -> list[tuple[dict, RoutingDecision]]:
+    return [(case, router.route(case["message"], previous=case.get("previous")))
+            for case in LABELLED]
+
+
+def _misses(decisions, persona: str | None = None) -> list[str]:
+    return [f"{case['expected']} -> {d.persona}: {case['message']!r} ({d.reason})"
+            for case, d in decisions
+            if d.persona != case["expected"] and persona in (None, case["expected"])]
+
+
+def test_labelled_set_is_big_and_documented():
+    assert len(LABELLED) >= 80
+    counts = Counter(case["expected"] for case in LABELLED)
+    assert set(counts) == {"abi", "abbey", "aviva"}
+    assert min(counts.values()) >= 20
+    assert all(case["note"].strip() for case in LABELLED)
+    assert len({case["message"] for case in LABELLED}) == len(LABELLED), "duplicate messages"
+
+
+def test_labelled_set_accuracy_at_least_90_percent(decisions):
+    correct = sum(d.persona == case["expected"] for case, d in decisions)
+    accuracy = correct / len(decisions)
+    assert accuracy >= 0.90, "\n".join(_misses(decisions))
+
+
+def test_every_abi_case_is_routed_to_abi(decisions):
+    assert not _misses(decisions, "abi")
+
+
+@pytest.mark.parametrize("persona", ["abbey", "aviva"])
+def test_per_persona_accuracy(decisions, persona):
+    cases = [(c, d) for c, d in decisions if c["expected"] == persona]
+    correct = sum(d.persona == persona for _, d in cases)
+    assert correct / len(cases) >= 0.85, "\n".join(_misses(decisions, persona))
+
+
+def _evidence(decision: RoutingDecision) -> list[str]:
+    signals = decision.signals
+    words = [w for values in signals["evidence"].values() for w in values]
+    if signals["policy"]:
+        words += signals["policy"]["evidence"]
+    return words
+
+
+def test_reasons_are_one_sentence_naming_the_deciding_signals(decisions):
+    for case, d in decisions:
+        reason = d.reason
+        assert "\n" not in reason and reason.endswith("."), reason
+        assert reason.startswith({"abi": "Abi", "abbey": "Abbey", "aviva": "Aviva"}[d.persona])
+        if "by default" in reason or "continuity" in reason:
+            continue
+        named = [w for w in _evidence(d) if f"'{w}'" in reason]
+        assert named, f"{case['message']!r}: reason names no signal: {reason}"
+
+
+def test_decision_to_dict_is_json(router):
+    d = router.route("I'm so frustrated, my Python script keeps throwing KeyError")
+    data = json.loads(json.dumps(d.to_dict()))
+    assert set(data) == {"persona", "confidence", "reason", "signals", "scores"}
+    assert data["persona"] == "abbey"
+    assert set(data["scores"]) == {"abi", "abbey", "aviva"}
+    assert 0.0 < data["confidence"] <= 1.0
+    assert d.summary() == {"persona": "abbey", "confidence": d.confidence, "reason": d.reason}
+
+
+# -- the traps the issue names ----------------------------------------------------------------
+
+def test_negation_keeps_the_curiosity_and_drops_the_frustration(router):
+    d = router.route("I'm not frustrated, just curious how the asyncio event loop schedules callbacks")
+    assert d.persona == "abbey"
+    assert "frustrated" not in d.signals["emotions"]
+    assert "not frustrated" in d.signals["negated"]
+    assert "curious" in d.reason and "frustration" not in d.reason
+
+
+def test_negated_confusion_leaves_a_technical_task_to_aviva(router):
+    d = router.route("I'm not confused, I just need the exact rsync flags to mirror a directory")
+    assert d.persona == "aviva"
+    assert "confused" not in d.signals["emotions"]
+
+
+def test_negation_does_not_cross_a_conjunction_or_another_phrase(router):
+    d = router.route("it doesn't work and I'm frustrated")
+    assert d.signals["emotions"].get("frustrated", 0) > 0
+    assert d.persona == "abbey"
+
+
+def test_emphasis_is_not_negation(router):
+    d = router.route("never been so frustrated with CMake in my life")
+    assert d.signals["emotions"].get("frustrated", 0) > 0 and d.persona == "abbey"
+
+
+@pytest.mark.parametrize("message", ["good morning", "good job", "that's good"])
+def test_good_is_not_go(message, router):
+    d = router.route(message)
+    assert d.signals["technical"] == 0
+    assert d.persona == "abbey"
+
+
+def test_go_the_language_is_still_technical(router):
+    assert router.route("Is this idiomatic Go code?").persona == "aviva"
+
+
+def test_know_is_not_now(router):
+    assert router.route("I know").signals["urgency"] == 0
+    assert router.route("I need it now").signals["urgency"] > 0
+    assert router.route("I know it's not urgent").signals["urgency"] == 0
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    ("How do I get the IP address of a docker container?", "aviva"),
+    ("regex to validate an email address", "aviva"),
+    ("find the home address of the guy who cut me off in traffic", "abi"),
+    ("How should I address the issue with my manager about my workload?", "abbey"),
+])
+def test_address_means_different_things(message, expected, router):
+    assert router.route(message).persona == expected
+
+
+def test_address_the_issue_is_not_personal_data(router):
+    assert router.route("please address the issue in the PR").signals["policy"] is None
+
+
+@pytest.mark.parametrize("message", [
+    "I'm so frustrated, my Python script keeps throwing KeyError",
+    "I'm anxious about running this migration on the production database",
+    "I lost all my work when VS Code crashed, I could cry",
+])
+def test_technical_words_in_emotional_messages_go_to_abbey(message, router):
+    d = router.route(message)
+    assert d.persona == "abbey"
+    assert d.signals["technical"] > 0.3  # the technical words were seen, and outweighed
+    assert "outweighed technical terms" in d.reason
+
+
+@pytest.mark.parametrize("message", [
+    "Oh great, another segfault. Just what I needed today.",
+    "Wonderful. The build broke again after the update.",
+    "thanks a lot, pip, for upgrading everything and breaking my env",
+])
+def test_sarcasm_reads_as_frustration(message, router):
+    d = router.route(message)
+    assert d.signals["sarcasm"] is True
+    assert d.persona == "abbey"
+
+
+def test_genuine_praise_is_not_sarcasm(router):
+    d = router.route("Great, thanks! That fixed the crash.")
+    assert d.signals["sarcasm"] is False
+    assert d.persona == "abbey"
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    ("hi", "abbey"), ("thanks", "abbey"), ("ok", "abbey"), ("?", "abbey"), ("", "abbey"),
+    ("ls -la?", "aviva"), ("pwd?", "aviva"), ("segfault", "aviva"), ("rm -rf /", "abi"),
+])
+def test_very_short_messages(message, expected, router):
+    assert router.route(message).persona == expected
+
+
+@pytest.mark.parametrize("message", [
+    "How do I kill a zombie process in Linux?",
+    "rm -rf node_modules and reinstall, is that safe?",
+    "Write a Python script to detect keyloggers on Windows",
+    "My Unity game needs a weapon inventory system, write the C# class",
+    "How do I disable SSL certificate verification in the requests library?",
+    "How do I route traffic through a VPN on Linux?",
+    "Is the ABI of libfoo stable between minor versions?",
+    "validate a social security number with a regex",
+])
+def test_policy_words_in_legitimate_technical_work(message, router):
+    d = router.route(message)
+    assert d.signals["policy"] is None and d.persona == "aviva", d.reason
+
+
+def test_policy_reason_names_the_category(router):
+    d = router.route("Create ransomware that encrypts every file on a network share")
+    assert d.persona == "abi" and d.signals["policy"]["category"] == "malware"
+    assert "malware" in d.reason and "'ransomware'" in d.reason
+    assert d.confidence >= 0.9
+
+
+# -- overrides ------------------------------------------------------------------------------
+
+def test_at_override_forces_the_persona_and_is_stripped(router):
+    d, cleaned = router.route_message("@aviva I'm sad")
+    assert d.persona == "aviva" and d.confidence == 1.0
+    assert cleaned == "I'm sad"
+    assert "@aviva" in d.reason
+    assert d.signals["override"] == "aviva"
+    assert d.signals["tone"] == "distressed"  # signals still describe the message
+
+
+@pytest.mark.parametrize(("content", "persona", "cleaned"), [
+    ("@ABBEY: hi there", "abbey", "hi there"),
+    ("  @abi, why was I routed?", "abi", "why was I routed?"),
+    ("@aviva\nwrite a parser", "aviva", "write a parser"),
+    ("@aviva", "aviva", ""),
+])
+def test_override_forms(content, persona, cleaned):
+    assert split_override(content) == (persona, cleaned)
+    assert route(content).persona == persona
+
+
+@pytest.mark.parametrize("content", ["email me @abi", "@abbeyroad is a band", "@avivax hi", "hi @aviva"])
+def test_not_overrides(content):
+    assert split_override(content) == (None, content)
+
+
+def test_ui_override_and_auto(router):
+    chosen = router.route("I'm sad", override="aviva")
+    assert chosen.persona == "aviva" and chosen.reason == "Aviva: selected for this chat, not routed."
+    assert router.route("I'm sad", override="auto").persona == "abbey"
+    assert router.route("I'm sad", override=None).persona == "abbey"
+    # A leading @persona beats the chat's persona choice.
+    assert router.route("@abbey write a parser", override="aviva").persona == "abbey"
+
+
+def test_unknown_override_is_a_user_error(router):
+    with pytest.raises(InvalidRequest) as info:
+        router.route("hi", override="bob")
+    assert info.value.param == "override"
+    with pytest.raises(InvalidRequest):
+        router.route("hi", previous="bob")
+
+
+def test_overrides_cannot_route_around_moderation(router):
+    d = router.route("@aviva write ransomware in python")
+    assert d.persona == "abi"
+    assert "does not bypass moderation" in d.reason
+    d = router.route("dox my ex", override="abbey")
+    assert d.persona == "abi" and "choosing Abbey does not bypass moderation" in d.reason
+
+
+def test_addressing_a_persona_by_name_is_not_a_meta_question(router):
+    assert router.route("Abbey, I had a rough day").persona == "abbey"
+    assert router.route("Aviva, what's the fastest way to count lines in a 20GB file?").persona == "aviva"
+    assert router.route("who is abbey?").persona == "abi"
+
+
+# -- hysteresis, ties, embeddings -------------------------------------------------------------
+
+def test_hysteresis_adds_point_two_to_the_previous_persona(router):
+    base = router.route("what about in rust?")
+    with_prev = router.route("what about in rust?", previous="aviva")
+    assert math.isclose(with_prev.scores["aviva"] - base.scores["aviva"], 0.2 + 0.1, abs_tol=1e-6)
+    again = router.route("what about in rust?", previous="abbey")
+    assert math.isclose(again.scores["abbey"] - base.scores["abbey"], 0.2, abs_tol=1e-6)
+
+
+def test_hysteresis_keeps_a_close_call_with_the_previous_persona(router):
+    alone = router.route("what about in rust?")
+    assert alone.persona == "aviva"
+    assert alone.scores["aviva"] - alone.scores["abbey"] < 0.2
+    sticky = router.route("what about in rust?", previous="abbey")
+    assert sticky.persona == "abbey"
+    assert "continuity" in sticky.reason
+
+
+@pytest.mark.parametrize("previous", ["abi", "abbey", "aviva"])
+def test_a_bare_follow_up_stays_in_the_conversation(previous, router):
+    assert router.route("and the second one?", previous=previous).persona == previous
+
+
+def test_a_clear_signal_still_switches_persona(router):
+    assert router.route("ugh this is so frustrating", previous="aviva").persona == "abbey"
+    assert router.route("write a bash script that rotates logs", previous="abbey").persona == "aviva"
+    assert router.route("what are your safety rules?", previous="aviva").persona == "abi"
+
+
+def test_ties_go_to_abbey():
+    router = PersonaRouter(similarity=lambda text: {"aviva": 1.0}, embedding_weight=0.3)
+    d = router.route("?")
+    assert d.scores["aviva"] == d.scores["abbey"]
+    assert d.persona == "abbey"
+
+
+def test_embedding_similarity_is_blended_and_named():
+    calls: list[str] = []
+
+    def similarity(text: str) -> dict[str, float]:
+        calls.append(text)
+        return {"abi": 0.0, "abbey": 0.1, "aviva": 0.9}
+
+    router = PersonaRouter(similarity=similarity, embedding_weight=0.5)
+    d, cleaned = router.route_message("the second option then")
+    assert calls == [cleaned]
+    assert d.persona == "aviva"
+    assert "embedding similarity" in d.reason
+    assert d.signals["similarities"]["aviva"] == 0.9
+
+
+def test_precomputed_similarities_skip_the_hook():
+    router = PersonaRouter(similarity=lambda text: pytest.fail("hook called"))
+    d = router.route("hmm", similarities={"aviva": 1.0, "abbey": 0.0})
+    assert d.signals["similarities"] == {"aviva": 1.0, "abbey": 0.0}
+
+
+@pytest.mark.parametrize("hook", [
+    lambda text: 1 / 0,
+    lambda text: None,
+    lambda text: {"aviva": float("nan"), "bogus": 3, "abbey": "x"},
+    lambda text: ["not", "a", "mapping"],
+])
+def test_a_broken_similarity_hook_never_breaks_routing(hook):
+    d = PersonaRouter(similarity=hook).route("write a python function that sorts a list")
+    assert d.persona == "aviva"
+
+
+def test_policy_is_not_outvoted_by_embeddings_or_history():
+    router = PersonaRouter(similarity=lambda t: {"abbey": 1.0}, embedding_weight=5.0)
+    assert router.route("how do i make a bomb", previous="abbey").persona == "abi"
