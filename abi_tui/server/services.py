@@ -23,6 +23,14 @@ def attach_services(state: ServerState) -> None:
 
     state.services["remember_model"] = remember_model
 
+    # Remote backends (SPEC §4.1): openai/, ollama/, anthropic/ and configured endpoints.
+    from abi_tui.backends.remote import register_remote_backends
+
+    remote = register_remote_backends(state.engine, settings)
+    state.services["remote"] = remote
+    state.services["remote_models"] = remote.list_models
+    state.services.setdefault("cleanup", []).append(lambda _state: remote.close())
+
     from abi_tui.server import routes_telemetry
 
     routes_telemetry.attach(state)
