@@ -8,11 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-
 from tiny_gguf import write_tiny_gguf
 
 TESTS = Path(__file__).parent
@@ -67,7 +67,7 @@ def wait_for_health(url: str, process: subprocess.Popen | None = None, timeout: 
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read() if process.stderr else ''}")
+            raise RuntimeError(f"server exited with {process.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 body = json.loads(response.read())
@@ -86,11 +86,21 @@ class ServeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "abi_tui.cli", "dash", "--serve", "--port", str(self.port), *args]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # stderr goes to a file: a pipe nobody reads could fill and block a chatty server.
+        self.stderr_file = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.stderr_file, text=True,
                                         env={**os.environ, **(env or {})}, cwd=REPO)
 
+    @property
+    def stderr(self) -> str:
+        self.stderr_file.seek(0)
+        return self.stderr_file.read()
+
     def wait_ready(self, timeout: float = 60.0) -> dict:
-        return wait_for_health(self.url, self.process, timeout)
+        try:
+            return wait_for_health(self.url, self.process, timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self.stderr[-3000:]}") from None
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
         if self.process.poll() is None:
@@ -100,6 +110,7 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.stderr_file.close()
         return self.process.returncode
 
 

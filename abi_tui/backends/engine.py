@@ -198,8 +198,11 @@ class InferenceEngine:
     # --------------------------------------------------------------------------------- models
     def resolve_path(self, spec: str) -> tuple[str, Path]:
         """A model spec to (name, GGUF path); raises ModelNotFound."""
+        resident = self.pool.get_resident(spec)
+        if resident is not None:
+            return spec, resident.path
         try:
-            from abi_tui.models import resolve_local_model, model_name_for_path
+            from abi_tui.models import model_name_for_path, resolve_local_model
         except ImportError:  # the model cache package is optional for the engine
             resolve_local_model = model_name_for_path = None  # type: ignore[assignment]
         if resolve_local_model is not None:

@@ -27,7 +27,13 @@ from llama_cpp import _internals as internals
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import JSON_GBNF
 
-from abi_tui.backends.base import CancelFlag, GenerationRequest, Prepared, SamplingParams, TokenChannel
+from abi_tui.backends.base import (
+    CancelFlag,
+    GenerationRequest,
+    Prepared,
+    SamplingParams,
+    TokenChannel,
+)
 from abi_tui.backends.chat_templates import TEMPLATES, TURN_ENDS, fallback_format
 from abi_tui.backends.llama_log import LLAMA_LOG, MemoryReport
 from abi_tui.backends.text import StopMatcher

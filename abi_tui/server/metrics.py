@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -38,8 +38,7 @@ class _LiveCollector:
             if gpu.get("utilization_pct") is not None:
                 gpu_util.add_metric([str(gpu["index"])], gpu["utilization_pct"])
         yield from (active, queued, loaded, pool, gpu_used, gpu_util)
-        for family in state.get("extra", []):
-            yield family
+        yield from state.get("extra", [])
 
 
 class ServerMetrics:

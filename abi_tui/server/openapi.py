@@ -68,7 +68,7 @@ def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": STRING}
 
 
-GENERATION_ERRORS = (400, 401, 404, 413, 415, 429, 503)
+GENERATION_ERRORS = (400, 401, 404, 413, 415, 429, 500, 502, 503, 504)
 
 OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/health": {"get": _op("Server state", ok={"type": "object", "required": ["status", "state"], "properties": {

