@@ -41,6 +41,7 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = ""
     route: str = ""
+    persona: str | None = None  # set when a persona answers (metrics by persona)
 
 
 @dataclass

@@ -206,7 +206,11 @@ class InferenceEngine:
         except ImportError:  # the model cache package is optional for the engine
             resolve_local_model = model_name_for_path = None  # type: ignore[assignment]
         if resolve_local_model is not None:
-            path = resolve_local_model(spec, self.settings)
+            try:
+                path = resolve_local_model(spec, self.settings)
+            except ModelNotFound as exc:
+                exc.param = exc.param or "model"
+                raise
             return model_name_for_path(path, self.settings), path
         path = Path(spec).expanduser()
         if path.is_file():

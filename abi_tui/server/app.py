@@ -29,6 +29,8 @@ ROUTE_MODULES = (
     "abi_tui.server.routes_stream",
     "abi_tui.server.routes_admin",
     "abi_tui.server.routes_telemetry",
+    "abi_tui.server.routes_personas",
+    "abi_tui.server.routes_models",
 )
 
 

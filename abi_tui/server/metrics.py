@@ -52,7 +52,6 @@ class ServerMetrics:
         self.itl = Histogram("abi_inter_token_seconds", "Mean gap between tokens of a stream",
                              buckets=ITL_BUCKETS, registry=r)
         self.load_seconds = Histogram("abi_model_load_seconds", "Model load time", buckets=LATENCY_BUCKETS, registry=r)
-        self.persona_requests = Counter("abi_persona_requests", "Requests by persona", ["persona"], registry=r)
         r.register(_LiveCollector(read_state))
 
     def observe_stream(self, prompt_tokens: int, completion_tokens: int, ttft_ms: float | None,

@@ -46,6 +46,10 @@ USAGE = {"type": "object", "properties": {"prompt_tokens": INTEGER, "completion_
                                            "total_tokens": INTEGER}}
 
 
+PERSONA_CHAT = {"type": "object", "required": ["content"], "properties": {
+    "content": STRING, "conversation_id": STRING, **SAMPLING}}
+
+
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
@@ -111,18 +115,29 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                                          "model": STRING, "quant": STRING, "sha256": STRING, "stream": BOOLEAN}})},
     "/api/models/{name}": {"delete": _op("Remove a cached model", errors=(401, 404, 409),
                                          params=[_path_param("name")])},
-    "/api/v1/chat": {"post": _op("Persona chat, auto-routed", errors=GENERATION_ERRORS,
-                                 body={"type": "object", "properties": {"content": STRING, "messages": {
-                                     "type": "array", "items": MESSAGE}, "conversation_id": STRING, **SAMPLING}})},
+    "/api/v1/chat": {"post": _op("Persona chat, auto-routed (ABI SSE events, or JSON with stream=false)",
+                                 errors=GENERATION_ERRORS, ok_content={**_json(OBJECT), **SSE},
+                                 body=PERSONA_CHAT)},
     "/api/v1/chat/{persona}": {"post": _op("Persona chat with a forced persona", errors=GENERATION_ERRORS,
-                                           params=[_path_param("persona")],
-                                           body={"type": "object", "properties": {"content": STRING, **SAMPLING}})},
+                                           params=[_path_param("persona")], ok_content={**_json(OBJECT), **SSE},
+                                           body=PERSONA_CHAT)},
     "/api/v1/personas": {"get": _op("Persona catalogue", errors=(401,))},
     "/api/v1/personas/metrics": {"get": _op("Per-persona counters and latency percentiles", errors=(401,))},
     "/api/v1/personas/route": {"post": _op("Routing decision without generating", errors=(400, 401, 413, 415),
                                            body={"type": "object", "required": ["content"], "properties": {
                                                "content": STRING, "previous": STRING}})},
-    "/api/v1/conversations": {"get": _op("Conversations", errors=(401,))},
+    "/api/v1/conversations": {
+        "get": _op("Conversations, most recent first", errors=(401,)),
+        "post": _op("Create a conversation", errors=(400, 401, 413, 415),
+                    body={"type": "object", "properties": {"title": STRING}})},
+    "/api/v1/conversations/{conversation_id}": {
+        "get": _op("A conversation with its messages", errors=(401, 404), params=[_path_param("conversation_id")]),
+        "patch": _op("Rename a conversation", errors=(400, 401, 404, 413, 415), params=[_path_param("conversation_id")],
+                     body={"type": "object", "required": ["title"], "properties": {"title": STRING}}),
+        "delete": _op("Delete a conversation", errors=(401, 404), params=[_path_param("conversation_id")])},
+    "/api/v1/conversations/{conversation_id}/export": {
+        "get": _op("A conversation as Markdown", errors=(401, 404), params=[_path_param("conversation_id")],
+                   ok_content={"text/markdown": {"schema": STRING}})},
     "/admin/reload": {"post": _op("Hot model swap with drain and rollback", errors=(400, 401, 404, 409, 413, 415, 422, 500),
                                   body={"type": "object", "required": ["model"], "properties": {
                                       "model": STRING, "drain_timeout_s": {"type": "number", "minimum": 0, "maximum": 3600},

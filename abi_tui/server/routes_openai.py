@@ -113,6 +113,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     streaming, include_usage = stream_flags(data)
     generation = chat_request(data, route="chat")
     generation.request_id = completion_id("chatcmpl")
+    hook = state.services.get("persona_hook")
+    routing = await hook(state, generation, data) if hook is not None else None
     stream = await state.engine.open(generation)
     if streaming:
         return await pump_sse(request, stream, ChatChunks(include_usage))
@@ -123,6 +125,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                      "logprobs": None, "finish_reason": finish_of(stream)}],
         "usage": usage_dict(stream),
+        **({"routing": routing} if routing else {}),
     })
 
 

@@ -31,6 +31,7 @@ def attach_services(state: ServerState) -> None:
     state.services["remote_models"] = remote.list_models
     state.services.setdefault("cleanup", []).append(lambda _state: remote.close())
 
-    from abi_tui.server import routes_telemetry
+    from abi_tui.server import routes_personas, routes_telemetry
 
     routes_telemetry.attach(state)
+    routes_personas.attach(state)

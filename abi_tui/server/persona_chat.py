@@ -1,0 +1,253 @@
+"""Persona chat: routing, the persona's prompt and sampling, history, vector memory, persistence.
+
+The server owns the chat store and the vector store (SPEC §5.4). Memory opens in the
+background (chromadb takes a second to import) and needs an embedding model: the configured
+one, else the active local model; without either, turns are still persisted in SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from abi_tui.backends.base import GenerationRequest
+from abi_tui.backends.engine import PERSONA_IDS, InferenceEngine, Stream
+from abi_tui.config import Settings
+from abi_tui.errors import AbiError, InvalidRequest
+from abi_tui.memory.chats import ChatStore
+from abi_tui.personas import (
+    PersonaMetrics,
+    PersonaRouter,
+    RoutingDecision,
+    get_persona,
+    sampling_for,
+)
+
+log = logging.getLogger(__name__)
+
+MEMORY_SHARE = 4  # retrieved turns take at most a quarter of the context (SPEC §5.4)
+HISTORY_SHARE = 2  # earlier turns of the conversation take at most half
+
+
+@dataclass
+class PersonaChat:
+    """One persona turn being generated: what the route needs to stream and persist it."""
+
+    stream: Stream
+    decision: RoutingDecision
+    conversation_id: str | None = None
+    user_message_id: int | None = None
+    assistant_message_id: int | None = None
+    memory: list[dict[str, Any]] = field(default_factory=list)
+    user_text: str = ""
+
+
+class PersonaService:
+    def __init__(self, settings: Settings, engine: InferenceEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.router = PersonaRouter()
+        self.metrics = PersonaMetrics()
+        self.chats: ChatStore | None = None
+        self.memory: Any = None  # VectorMemory once an embedding model is there
+        self.memory_state = "off"
+        self.memory_error: str | None = None
+        self._memory_lock = asyncio.Lock()
+        engine.stream_listeners.append(self._on_stream_end)
+
+    # -------------------------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self.chats = await asyncio.to_thread(ChatStore, self.settings.chats_db)
+
+    async def stop(self) -> None:
+        if self.chats is not None:
+            await asyncio.to_thread(self.chats.close)
+            self.chats = None
+
+    async def ensure_memory(self) -> Any:
+        """Open the vector store with an embedding model, once one is available."""
+        if self.memory is not None:
+            return self.memory
+        async with self._memory_lock:
+            if self.memory is not None:
+                return self.memory
+            try:
+                backend = await self.engine.embedding_backend(None)
+            except AbiError as exc:
+                self.memory_state, self.memory_error = "no_embedding_model", exc.message
+                return None
+            self.memory_state = "opening"
+            try:
+                self.memory = await asyncio.to_thread(self._open_memory, backend)
+                self.memory_state, self.memory_error = "ready", None
+            except Exception as exc:  # a broken store must not break chat
+                log.exception("vector memory unavailable")
+                self.memory_state, self.memory_error = "error", str(exc)
+            return self.memory
+
+    def _open_memory(self, backend: Any) -> Any:
+        from abi_tui.memory.embedder import CenteredEmbedder
+        from abi_tui.memory.vectors import VectorMemory, make_client
+
+        store = self.settings.vector_store
+        embed = CenteredEmbedder(lambda texts: backend.embed(texts)[0])
+        client = make_client(store.url, self.settings.vectors_dir)
+        return VectorMemory(client, embed, backend.model_id, threshold=store.threshold)
+
+    # -------------------------------------------------------------------------------- routing
+    def decide(self, content: str, *, previous: str | None = None, forced: str | None = None
+               ) -> tuple[RoutingDecision, str]:
+        if forced is not None and forced not in ("abi", "abbey", "aviva"):
+            raise InvalidRequest(f"unknown persona {forced!r}: use abi, abbey or aviva", param="persona")
+        return self.router.route_message(content, previous=previous, override=forced)
+
+    def apply(self, generation: GenerationRequest, decision: RoutingDecision, body: dict[str, Any],
+              memory_note: str | None = None) -> None:
+        """The persona's system prompt first, its sampling unless the client chose its own."""
+        persona = get_persona(decision.persona)
+        sampling = sampling_for(decision)
+        if "temperature" not in body:
+            generation.params.temperature = sampling.temperature
+        if "top_p" not in body and sampling.top_p is not None:
+            generation.params.top_p = sampling.top_p
+        system = persona.system_prompt + (f"\n\n{memory_note}" if memory_note else "")
+        messages = generation.messages
+        if messages is None:
+            messages = [{"role": "user", "content": generation.prompt or ""}]
+            generation.prompt = None
+        generation.messages = [{"role": "system", "content": system}] + messages
+        generation.persona = decision.persona
+
+    async def hook(self, state: Any, generation: GenerationRequest, body: dict[str, Any]) -> dict[str, Any] | None:
+        """For /api/stream, the WebSocket and /v1/chat/completions: `persona` or a persona model id."""
+        requested = body.get("persona")
+        if requested is None and generation.model in PERSONA_IDS:
+            requested = generation.model
+        if requested is None:
+            return None
+        if not isinstance(requested, str) or requested not in PERSONA_IDS:
+            raise InvalidRequest("'persona' must be one of auto, abi, abbey, aviva", param="persona")
+        if generation.model in PERSONA_IDS:
+            generation.model = None  # the persona runs on the default backend
+        text = last_user_text(generation)
+        decision, cleaned = self.decide(text, forced=None if requested == "auto" else requested)
+        if generation.messages:
+            for message in reversed(generation.messages):
+                if message["role"] == "user":
+                    message["content"] = cleaned
+                    break
+        elif generation.prompt is not None:
+            generation.prompt = cleaned
+        self.apply(generation, decision, body)
+        return decision.to_dict()
+
+    # -------------------------------------------------------------------------------- chat turns
+    async def open_turn(self, body: dict[str, Any], forced: str | None, generation: GenerationRequest) -> PersonaChat:
+        chats = self._store()
+        content = generation.messages[-1]["content"] if generation.messages else ""
+        conversation_id = body.get("conversation_id")
+        if conversation_id is not None and not isinstance(conversation_id, str):
+            raise InvalidRequest("'conversation_id' must be a string", param="conversation_id")
+        history = []
+        previous = None
+        if conversation_id:
+            earlier = await asyncio.to_thread(chats.messages, conversation_id)
+            history = [{"role": m.role, "content": m.content} for m in earlier if m.content and m.role in ("user", "assistant")]
+            previous = next((m.persona for m in reversed(earlier) if m.role == "assistant" and m.persona), None)
+        decision, cleaned = self.decide(content, previous=previous, forced=forced)
+        memory = await self.ensure_memory()
+        hits = []
+        note = None
+        backend = None
+        if memory is not None:
+            hits = await asyncio.to_thread(memory.search, cleaned, exclude_conversation=conversation_id)
+            backend = self.engine.active_backend()
+            budget = getattr(backend, "n_ctx_seq", 4096) // MEMORY_SHARE
+            from abi_tui.memory.vectors import memory_prompt
+
+            note = memory_prompt(hits, budget, self._token_counter(backend))
+        generation.messages = trim_history(history, getattr(backend, "n_ctx_seq", 4096) // HISTORY_SHARE,
+                                           self._token_counter(backend)) + [{"role": "user", "content": cleaned}]
+        self.apply(generation, decision, body, note)
+        stream = await self.engine.open(generation)
+        if not conversation_id:
+            conversation = await asyncio.to_thread(chats.create_conversation, None)
+            conversation_id = conversation.id
+        user_id = await asyncio.to_thread(chats.add_user_message, conversation_id, cleaned)
+        assistant_id = await asyncio.to_thread(chats.begin_assistant, conversation_id, persona=decision.persona,
+                                               routing=decision.to_dict(), model=stream.model)
+        return PersonaChat(stream, decision, conversation_id, user_id, assistant_id,
+                           [h.to_dict() for h in hits], cleaned)
+
+    def record_pieces(self, turn: PersonaChat, pieces: list[str]) -> None:
+        if self.chats is not None and turn.assistant_message_id is not None:
+            self.chats.append_partial(turn.assistant_message_id, "".join(pieces))
+
+    async def finish_turn(self, turn: PersonaChat, text: str) -> None:
+        stream = turn.stream
+        if self.chats is None or turn.assistant_message_id is None:
+            return
+        reason = stream.finish_reason or "cancelled"
+        if stream.error is not None:
+            reason = "error"
+        usage = {"prompt_tokens": stream.prompt_tokens, "completion_tokens": stream.completion_tokens}
+        await asyncio.to_thread(
+            self.chats.finish_assistant, turn.assistant_message_id, content=text, finish_reason=reason,
+            model=stream.model, usage=usage, timings=stream.timings(),
+            error=stream.error.message if stream.error else None)
+        if reason in ("stop", "length") and self.memory is not None and turn.conversation_id:
+            asyncio.get_running_loop().create_task(self._remember(turn, text))
+
+    async def _remember(self, turn: PersonaChat, text: str) -> None:
+        try:
+            for role, content in (("user", turn.user_text), ("assistant", text)):
+                await asyncio.to_thread(self.memory.add_turn, conversation_id=turn.conversation_id,
+                                        persona=turn.decision.persona, role=role, text=content, ts=time.time())
+        except Exception:  # memory is best effort; the chat is already saved
+            log.exception("could not store the turn in vector memory")
+
+    # -------------------------------------------------------------------------------- helpers
+    def _store(self) -> ChatStore:
+        if self.chats is None:
+            raise AbiError("the chat store is not open yet", status=503)
+        return self.chats
+
+    @staticmethod
+    def _token_counter(backend: Any):
+        if backend is not None and hasattr(backend, "tokenize"):
+            return lambda text: len(backend.tokenize(text, add_bos=False, special=False))
+        return lambda text: max(1, len(text) // 4)
+
+    def _on_stream_end(self, stream: Stream) -> None:
+        persona = stream.request.persona
+        if persona is None:
+            return
+        timings = stream.timings()
+        self.metrics.record(persona, latency_ms=timings["total_ms"], ttft_ms=timings["ttft_ms"],
+                            prompt_tokens=stream.prompt_tokens, completion_tokens=stream.completion_tokens,
+                            error=stream.error is not None)
+
+
+def last_user_text(generation: GenerationRequest) -> str:
+    if generation.messages:
+        for message in reversed(generation.messages):
+            if message["role"] == "user":
+                return message["content"]
+        return ""
+    return generation.prompt or ""
+
+
+def trim_history(history: list[dict[str, str]], budget: int, count) -> list[dict[str, str]]:
+    """The most recent turns that fit the budget, oldest first."""
+    kept: list[dict[str, str]] = []
+    used = 0
+    for message in reversed(history):
+        cost = count(message["content"]) + 4
+        if used + cost > budget:
+            break
+        kept.append(message)
+        used += cost
+    return list(reversed(kept))
