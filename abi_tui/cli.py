@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from abi_tui import __version__
 from abi_tui.config import DEFAULT_PORT, ConfigError, Settings, load_settings
+from abi_tui.errors import AbiError
 
 
 class UsageError(Exception):
@@ -118,8 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dash":
             return run_dash(args, settings)
         return args.run(args, settings)
-    except (UsageError, ConfigError) as exc:
-        print(f"abi: {exc}" if isinstance(exc, ConfigError) else str(exc), file=sys.stderr)
+    except (UsageError, ConfigError, AbiError) as exc:
+        print(f"abi: {exc}" if isinstance(exc, (ConfigError, AbiError)) else str(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -37,7 +37,7 @@ from abi_tui.backends.base import (
 from abi_tui.backends.chat_templates import TEMPLATES, TURN_ENDS, fallback_format
 from abi_tui.backends.llama_log import LLAMA_LOG, MemoryReport
 from abi_tui.backends.text import StopMatcher
-from abi_tui.errors import ContextLengthExceeded, GenerationError, InvalidRequest, ModelLoadError
+from abi_tui.errors import ContextLengthExceeded, GenerationError, InvalidRequest, ModelLoadError, Unavailable
 from abi_tui.models.gguf_header import read_header
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class LlamaBackend:
         self._active: list[Sequence] = []
         self._wake = threading.Condition()
         self._closing = False
+        self.closed = False
         self._embed_ctx: internals.LlamaContext | None = None
         self._embed_lock = threading.Lock()
         self.tokens_generated = 0
@@ -403,6 +404,8 @@ class LlamaBackend:
     def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         """Mean-pooled, L2-normalised embeddings and the prompt token count (blocking)."""
         with self._embed_lock:
+            if self.closed:
+                raise Unavailable(f"{self.name} was unloaded; retry with the current model", retry_after=1)
             if self._embed_ctx is None:
                 params = L.llama_context_default_params()
                 params.n_ctx = params.n_batch = params.n_ubatch = min(self.n_ctx_seq, 2048)
@@ -442,16 +445,19 @@ class LlamaBackend:
 
     # ----------------------------------------------------------------------------- lifecycle
     def close(self) -> None:
+        """Stop the decode thread, wait for an embedding in flight, then free llama.cpp memory."""
         with self._wake:
             self._closing = True
             self._wake.notify()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=30)
-        if self._batch is not None:
-            L.llama_batch_free(self._batch)
-            self._batch = None
-        if self._embed_ctx is not None:
-            self._embed_ctx.close()
-            self._embed_ctx = None
-        self.ctx.close()
-        self.model.close()
+        with self._embed_lock:  # freeing the model under a running embed would crash the process
+            self.closed = True
+            if self._batch is not None:
+                L.llama_batch_free(self._batch)
+                self._batch = None
+            if self._embed_ctx is not None:
+                self._embed_ctx.close()
+                self._embed_ctx = None
+            self.ctx.close()
+            self.model.close()

@@ -53,6 +53,8 @@ class PersonaService:
         self.metrics = PersonaMetrics()
         self.chats: ChatStore | None = None
         self.memory: Any = None  # VectorMemory once an embedding model is there
+        self.memory_backend: Any = None
+        self._client: Any = None
         self.memory_state = "off"
         self.memory_error: str | None = None
         self._memory_lock = asyncio.Lock()
@@ -68,24 +70,24 @@ class PersonaService:
             self.chats = None
 
     async def ensure_memory(self) -> Any:
-        """Open the vector store with an embedding model, once one is available."""
-        if self.memory is not None:
-            return self.memory
+        """The vector store for the current embedding model (one collection per model), opened
+        once one is available; a model swap moves memory to the new model's collection."""
         async with self._memory_lock:
-            if self.memory is not None:
-                return self.memory
             try:
                 backend = await self.engine.embedding_backend(None)
             except AbiError as exc:
-                self.memory_state, self.memory_error = "no_embedding_model", exc.message
+                self.memory, self.memory_state, self.memory_error = None, "no_embedding_model", exc.message
                 return None
+            if self.memory is not None and self.memory_backend is backend:
+                return self.memory
             self.memory_state = "opening"
             try:
                 self.memory = await asyncio.to_thread(self._open_memory, backend)
+                self.memory_backend = backend
                 self.memory_state, self.memory_error = "ready", None
             except Exception as exc:  # a broken store must not break chat
                 log.exception("vector memory unavailable")
-                self.memory_state, self.memory_error = "error", str(exc)
+                self.memory, self.memory_state, self.memory_error = None, "error", str(exc)
             return self.memory
 
     def _open_memory(self, backend: Any) -> Any:
@@ -94,8 +96,9 @@ class PersonaService:
 
         store = self.settings.vector_store
         embed = CenteredEmbedder(lambda texts: backend.embed(texts)[0])
-        client = make_client(store.url, self.settings.vectors_dir)
-        return VectorMemory(client, embed, backend.model_id, threshold=store.threshold)
+        if self._client is None:
+            self._client = make_client(store.url, self.settings.vectors_dir)
+        return VectorMemory(self._client, embed, backend.model_id, threshold=store.threshold)
 
     # -------------------------------------------------------------------------------- routing
     def decide(self, content: str, *, previous: str | None = None, forced: str | None = None
@@ -202,9 +205,10 @@ class PersonaService:
             asyncio.get_running_loop().create_task(self._remember(turn, text))
 
     async def _remember(self, turn: PersonaChat, text: str) -> None:
+        memory = self.memory
         try:
             for role, content in (("user", turn.user_text), ("assistant", text)):
-                await asyncio.to_thread(self.memory.add_turn, conversation_id=turn.conversation_id,
+                await asyncio.to_thread(memory.add_turn, conversation_id=turn.conversation_id,
                                         persona=turn.decision.persona, role=role, text=content, ts=time.time())
         except Exception:  # memory is best effort; the chat is already saved
             log.exception("could not store the turn in vector memory")

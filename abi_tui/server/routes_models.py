@@ -1,6 +1,7 @@
 """Model cache routes (SPEC §3): the cached models, downloads with streamed progress (as Ollama's
-pull streams them, here as SSE), removal; and the download queue's controls (pause, resume,
-cancel) for the dashboard, which reaches the server only through its API.
+pull streams them, here as SSE), removal; and what the dashboard needs beyond SPEC §2's table,
+since it reaches the server only through its API: one model's info, hub search, and the download
+queue's controls (pause, resume, cancel).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from abi_tui.errors import AbiError, InvalidRequest
 from abi_tui.models import cache
 from abi_tui.models.progress import DownloadProgress
 from abi_tui.models.pull import DownloadHandle, active_downloads, find_download, start_download
-from abi_tui.models.service import api_list_models, api_remove_model
+from abi_tui.models.service import api_list_models, api_model_info, api_remove_model, api_search
 from abi_tui.models.spec import parse_spec
 from abi_tui.server.parse import read_json
 from abi_tui.server.sse import DONE_FRAME, HEARTBEAT_FRAME, open_sse, sse_frame
@@ -140,6 +141,25 @@ async def _stream_progress(request: web.Request, handle: DownloadHandle) -> web.
     return response
 
 
+async def info(request: web.Request) -> web.Response:
+    state = state_of(request)
+    return web.json_response(await api_model_info(state.settings, request.match_info["name"], loaded_names(state)))
+
+
+async def search(request: web.Request) -> web.Response:
+    query = request.query.get("q", request.query.get("query", ""))
+    try:
+        limit = int(request.query.get("limit", "10"))
+    except ValueError:
+        raise InvalidRequest("'limit' must be an integer", param="limit") from None
+    if not 1 <= limit <= 100:
+        raise InvalidRequest("'limit' must be from 1 to 100", param="limit")
+    sort = request.query.get("sort", "downloads")
+    if sort not in ("downloads", "likes", "updated"):
+        raise InvalidRequest("'sort' must be downloads, likes or updated", param="sort")
+    return web.json_response({"object": "list", "data": await api_search(query, limit=limit, sort=sort)})
+
+
 async def remove(request: web.Request) -> web.Response:
     state = state_of(request)
     result = await api_remove_model(state.settings, request.match_info["name"], loaded_names(state))
@@ -162,7 +182,30 @@ async def control(request: web.Request) -> web.Response:
     return web.json_response({"id": handle.id, "action": action, **handle.progress.to_dict()})
 
 
+def _document() -> None:
+    """The download-queue routes are this module's addition to SPEC §2's table: describe them in
+    /openapi.json next to the rest."""
+    from abi_tui.server import openapi
+
+    openapi.OPERATIONS.setdefault("/api/models/search", {
+        "get": openapi._op("Search the hub for GGUF repos with their quants and sizes", errors=(400, 401, 502),
+                           params=[{"name": "q", "in": "query", "schema": openapi.STRING},
+                                   {"name": "limit", "in": "query", "schema": openapi.INTEGER},
+                                   {"name": "sort", "in": "query", "schema": {
+                                       "type": "string", "enum": ["downloads", "likes", "updated"]}}])})
+    openapi.OPERATIONS.setdefault("/api/models/{name}", {}).setdefault("get", openapi._op(
+        "A cached model's metadata and memory estimate", errors=(401, 404), params=[openapi._path_param("name")]))
+    openapi.OPERATIONS.setdefault("/api/models/downloads", {
+        "get": openapi._op("Downloads in progress with their progress events", errors=(401,))})
+    openapi.OPERATIONS.setdefault("/api/models/downloads/{id}/{action}", {
+        "post": openapi._op("Pause, resume or cancel a download", errors=(401, 404),
+                            params=[openapi._path_param("id"),
+                                    {**openapi._path_param("action"),
+                                     "schema": {"type": "string", "enum": ["pause", "resume", "cancel"]}}])})
+
+
 def setup(app: web.Application) -> None:
+    _document()
     state = app[STATE]
     # /v1/models lists the cache through this (called in a thread).
     state.services.setdefault("list_models", lambda settings: [
@@ -170,5 +213,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/models", list_models)
     app.router.add_post("/api/models/pull", pull)
     app.router.add_get("/api/models/downloads", downloads)
+    app.router.add_get("/api/models/search", search)
     app.router.add_post("/api/models/downloads/{id}/{action:pause|resume|cancel}", control)
+    # Last: a model name may contain slashes (owner/repo:QUANT).
+    app.router.add_get("/api/models/{name:.+}", info)
     app.router.add_delete("/api/models/{name:.+}", remove)
