@@ -37,7 +37,13 @@ from abi_tui.backends.base import (
 from abi_tui.backends.chat_templates import TEMPLATES, TURN_ENDS, fallback_format
 from abi_tui.backends.llama_log import LLAMA_LOG, MemoryReport
 from abi_tui.backends.text import StopMatcher
-from abi_tui.errors import ContextLengthExceeded, GenerationError, InvalidRequest, ModelLoadError, Unavailable
+from abi_tui.errors import (
+    ContextLengthExceeded,
+    GenerationError,
+    InvalidRequest,
+    ModelLoadError,
+    Unavailable,
+)
 from abi_tui.models.gguf_header import read_header
 
 log = logging.getLogger(__name__)
