@@ -35,6 +35,7 @@ from abi_tui.backends.base import (
     TokenChannel,
 )
 from abi_tui.backends.chat_templates import TEMPLATES, TURN_ENDS, fallback_format
+from abi_tui.backends.compute import COMPUTE
 from abi_tui.backends.llama_log import LLAMA_LOG, MemoryReport
 from abi_tui.backends.text import StopMatcher
 from abi_tui.errors import (
@@ -114,7 +115,6 @@ class LlamaBackend:
             except (ValueError, RuntimeError) as exc:
                 detail = LLAMA_LOG.last_error(lines) or str(exc)
                 raise ModelLoadError(f"llama.cpp could not load {self.path.name}: {detail}") from None
-        self._warm_up()
         self.memory = MemoryReport.from_log(lines)
         self.memory.weights = L.llama_model_size(self.model.model)
         self.load_ms = (time.perf_counter() - started) * 1000
@@ -138,14 +138,11 @@ class LlamaBackend:
         self._free_ids = list(range(options.parallel))
         self._incoming: deque[Sequence] = deque()
         self._active: list[Sequence] = []
-        self._wake = threading.Condition()
-        self._closing = False
         self.closed = False
         self._embed_ctx: internals.LlamaContext | None = None
-        self._embed_lock = threading.Lock()
         self.tokens_generated = 0
-        self._thread = threading.Thread(target=self._run, name=f"llama-decode:{name}", daemon=True)
-        self._thread.start()
+        COMPUTE.call(self._warm_up)
+        COMPUTE.register(self)
 
     # ----------------------------------------------------------------------------- helpers
     def _warm_up(self) -> None:
@@ -231,9 +228,8 @@ class LlamaBackend:
     def start(self, prepared: Prepared, channel: TokenChannel, cancel: CancelFlag) -> None:
         tokens, stops = prepared.payload
         seq = Sequence(prepared, channel, cancel, tokens, StopMatcher(stops))
-        with self._wake:
-            self._incoming.append(seq)
-            self._wake.notify()
+        self._incoming.append(seq)
+        COMPUTE.wake()
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "kind": self.kind, "path": str(self.path),
@@ -255,25 +251,19 @@ class LlamaBackend:
         }
 
     # ----------------------------------------------------------------------------- decode loop
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._incoming and not self._active and not self._closing:
-                    self._wake.wait()
-                if self._closing:
-                    break
-                while self._incoming and self._free_ids:
-                    self._admit(self._incoming.popleft())
-            try:
-                self._step()
-            except Exception as exc:  # a llama.cpp failure ends these streams, not the server
-                log.exception("decode step failed")
-                for seq in list(self._active):
-                    self._finish(seq, None, GenerationError(f"generation failed: {exc}"))
-        for seq in list(self._active):
-            self._finish(seq, "cancelled")
-        while self._incoming:
-            self._incoming.popleft().channel.close("cancelled")
+    def has_work(self) -> bool:
+        return bool(self._incoming) or bool(self._active)
+
+    def step(self) -> None:
+        """One decode step (on the compute thread): admit waiting sequences, decode, sample."""
+        while self._incoming and self._free_ids:
+            self._admit(self._incoming.popleft())
+        try:
+            self._step()
+        except Exception as exc:  # a llama.cpp failure ends these streams, not the server
+            log.exception("decode step failed")
+            for seq in list(self._active):
+                self._finish(seq, None, GenerationError(f"generation failed: {exc}"))
 
     def _admit(self, seq: Sequence) -> None:
         if seq.cancel.is_set:
@@ -408,62 +398,69 @@ class LlamaBackend:
 
     # ----------------------------------------------------------------------------- embeddings
     def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """Mean-pooled, L2-normalised embeddings and the prompt token count (blocking)."""
-        with self._embed_lock:
-            if self.closed:
-                raise Unavailable(f"{self.name} was unloaded; retry with the current model", retry_after=1)
-            if self._embed_ctx is None:
-                params = L.llama_context_default_params()
-                params.n_ctx = params.n_batch = params.n_ubatch = min(self.n_ctx_seq, 2048)
-                params.embeddings = True
-                params.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
-                params.n_threads = params.n_threads_batch = self.options.threads or os.cpu_count() or 1
-                with LOAD_LOCK, LLAMA_LOG.capture():
-                    self._embed_ctx = internals.LlamaContext(model=self.model, params=params, verbose=True)
-            ctx = self._embed_ctx
-            limit = L.llama_n_ctx(ctx.ctx)
-            n_embd = L.llama_model_n_embd(self.model.model)
-            batch = L.llama_batch_init(limit, 0, 1)
-            vectors, total = [], 0
-            try:
-                for text in texts:
-                    tokens = self.tokenize(text, add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)), special=False)
-                    if len(tokens) > limit:
-                        raise ContextLengthExceeded(
-                            f"input of {len(tokens)} tokens is longer than the embedding context ({limit})", param="input")
-                    tokens = tokens or [L.llama_vocab_bos(self.vocab)]
-                    total += len(tokens)
-                    L.llama_memory_clear(L.llama_get_memory(ctx.ctx), True)
-                    batch.n_tokens = 0
-                    for i, token in enumerate(tokens):
-                        batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
-                        batch.seq_id[i][0], batch.logits[i] = 0, True
-                    batch.n_tokens = len(tokens)
-                    if L.llama_decode(ctx.ctx, batch) != 0:
-                        raise GenerationError("llama.cpp failed to compute an embedding")
-                    pointer = L.llama_get_embeddings_seq(ctx.ctx, 0)
-                    vector = [pointer[i] for i in range(n_embd)]
-                    norm = sum(v * v for v in vector) ** 0.5 or 1.0
-                    vectors.append([v / norm for v in vector])
-            finally:
-                L.llama_batch_free(batch)
-            return vectors, total
+        """Mean-pooled, L2-normalised embeddings and the prompt token count (blocking).
+
+        One compute job per text, so running streams keep stepping between them."""
+        vectors, total = [], 0
+        for text in texts:
+            vector, n_tokens = COMPUTE.call(lambda text=text: self._embed_one(text))
+            vectors.append(vector)
+            total += n_tokens
+        return vectors, total
+
+    def _embed_one(self, text: str) -> tuple[list[float], int]:
+        if self.closed:
+            raise Unavailable(f"{self.name} was unloaded; retry with the current model", retry_after=1)
+        if self._embed_ctx is None:
+            params = L.llama_context_default_params()
+            params.n_ctx = params.n_batch = params.n_ubatch = min(self.n_ctx_seq, 2048)
+            params.embeddings = True
+            params.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
+            params.n_threads = params.n_threads_batch = self.options.threads or os.cpu_count() or 1
+            # Not under LOAD_LOCK: a load on another thread must not stall the compute thread.
+            self._embed_ctx = internals.LlamaContext(model=self.model, params=params, verbose=True)
+        ctx = self._embed_ctx
+        limit = L.llama_n_ctx(ctx.ctx)
+        tokens = self.tokenize(text, add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)), special=False)
+        if len(tokens) > limit:
+            raise ContextLengthExceeded(
+                f"input of {len(tokens)} tokens is longer than the embedding context ({limit})", param="input")
+        tokens = tokens or [L.llama_vocab_bos(self.vocab)]
+        batch = L.llama_batch_init(len(tokens), 0, 1)
+        try:
+            L.llama_memory_clear(L.llama_get_memory(ctx.ctx), True)
+            for i, token in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
+                batch.seq_id[i][0], batch.logits[i] = 0, True
+            batch.n_tokens = len(tokens)
+            if L.llama_decode(ctx.ctx, batch) != 0:
+                raise GenerationError("llama.cpp failed to compute an embedding")
+            pointer = L.llama_get_embeddings_seq(ctx.ctx, 0)
+            vector = [pointer[i] for i in range(L.llama_model_n_embd(self.model.model))]
+        finally:
+            L.llama_batch_free(batch)
+        norm = sum(v * v for v in vector) ** 0.5 or 1.0
+        return [v / norm for v in vector], len(tokens)
 
     # ----------------------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        """Stop the decode thread, wait for an embedding in flight, then free llama.cpp memory."""
-        with self._wake:
-            self._closing = True
-            self._wake.notify()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=30)
-        with self._embed_lock:  # freeing the model under a running embed would crash the process
-            self.closed = True
-            if self._batch is not None:
-                L.llama_batch_free(self._batch)
-                self._batch = None
-            if self._embed_ctx is not None:
-                self._embed_ctx.close()
-                self._embed_ctx = None
-            self.ctx.close()
-            self.model.close()
+        """Cancel what runs, then free llama.cpp memory, on the compute thread (never under a step)."""
+        COMPUTE.unregister(self)
+        COMPUTE.call(self._close)
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for seq in list(self._active):
+            self._finish(seq, "cancelled")
+        while self._incoming:
+            self._incoming.popleft().channel.close("cancelled")
+        if self._batch is not None:
+            L.llama_batch_free(self._batch)
+            self._batch = None
+        if self._embed_ctx is not None:
+            self._embed_ctx.close()
+            self._embed_ctx = None
+        self.ctx.close()
+        self.model.close()
