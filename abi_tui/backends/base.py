@@ -80,19 +80,43 @@ class CancelFlag:
         self.is_set = True
 
 
+class ClientTooSlow(AbiError):
+    """The client stopped reading: its stream is dropped so server memory stays bounded."""
+
+    status = 503
+    type = "server_error"
+    code = "client_too_slow"
+
+
+# Undrained pieces per stream. A consumer that keeps up drains the channel on every wake-up, so
+# these are reached only when the client stops reading and the handler sits in a blocked write.
+PENDING_HIGH_WATER = 1024  # producers on the loop (the mock) wait below this: backpressure
+PENDING_LIMIT = 16384  # a producer that cannot wait (a decode thread) fails the stream here
+
+
 class TokenChannel:
     """Text pieces from one producer (a thread or a task) to one asyncio consumer.
 
     The producer appends without a thread hop per token: it schedules one wake-up of the loop
     and every piece that arrives before the consumer runs rides on that same wake-up, so a fast
     generator meets a slow socket with one write per wake-up instead of one per token.
+
+    Memory is bounded: a producer on the loop awaits `wait_writable()` (backpressure); any
+    producer that gets `limit` pieces ahead of the consumer has its stream cancelled, and the
+    channel closes with ClientTooSlow once the backend stops.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int | None = None,
+                 high_water: int | None = None) -> None:
         self._loop = loop
         self._pieces: deque[str] = deque()
         self._event = asyncio.Event()
         self._wake_pending = False
+        self.limit = limit or PENDING_LIMIT
+        self.high_water = min(high_water or PENDING_HIGH_WATER, self.limit)
+        self._space: asyncio.Event | None = None  # created when a producer waits for room
+        self.overflowed = False
+        self.on_overflow: Callable[[], None] | None = None  # the stream's cancel, thread-safe
         self.closed = False
         self.finish_reason: str | None = None
         self.error: AbiError | None = None
@@ -110,6 +134,9 @@ class TokenChannel:
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
             self.completion_tokens += 1
+        if len(self._pieces) >= self.limit or self.overflowed:
+            self._overflow()
+            return
         self._pieces.append(piece)
         if not self._wake_pending:
             self._wake_pending = True
@@ -123,6 +150,33 @@ class TokenChannel:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         self.completion_tokens += 1
+
+    def _overflow(self) -> None:
+        """The consumer is `limit` pieces behind: stop the producer (it closes the channel
+        within a token, and that close becomes ClientTooSlow); later pieces are dropped."""
+        if self.overflowed:
+            return
+        self.overflowed = True
+        if self.on_overflow is not None:
+            self.on_overflow()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pieces)
+
+    async def wait_writable(self, cancel: CancelFlag | None = None) -> None:
+        """For producers on the loop: wait while the consumer is `high_water` pieces behind
+        (until it drains, the channel closes, or `cancel` is set and `wake_producer` called)."""
+        while len(self._pieces) >= self.high_water and not self.closed and not (cancel and cancel.is_set):
+            if self._space is None:
+                self._space = asyncio.Event()
+            self._space.clear()
+            await self._space.wait()
+
+    def wake_producer(self) -> None:
+        """Wake a producer waiting for room, so it sees its cancel flag (call on the loop)."""
+        if self._space is not None:
+            self._space.set()
 
     def close(self, finish_reason: str | None, error: AbiError | None = None) -> None:
         if self._on_loop():
@@ -143,7 +197,12 @@ class TokenChannel:
     def _close(self, finish_reason: str | None, error: AbiError | None) -> None:
         if self.closed:
             return
+        if self.overflowed and error is None:
+            finish_reason, error = None, ClientTooSlow(
+                f"the client fell {self.limit} pieces behind the generation; the stream was stopped")
         self.finish_reason, self.error, self.closed = finish_reason, error, True
+        if self._space is not None:
+            self._space.set()
         self._event.set()
         for callback in self._on_close:
             callback()
@@ -167,6 +226,8 @@ class TokenChannel:
         pieces = []
         while self._pieces:
             pieces.append(self._pieces.popleft())
+        if self._space is not None:
+            self._space.set()
         return pieces
 
     @property

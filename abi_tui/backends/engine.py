@@ -58,6 +58,8 @@ class Stream:
         self.ticket = ticket
         self.cancel_flag = CancelFlag()
         self.channel = TokenChannel(asyncio.get_running_loop())
+        # A client far behind the generation stops it, as a disconnect would (bounded memory).
+        self.channel.on_overflow = self.cancel_flag.set
         self.created_at = time.perf_counter()
         self.created_wall = time.time()
         self.started_at: float | None = None
@@ -136,6 +138,7 @@ class Stream:
     def cancel(self) -> None:
         """Stop within one token (or leave the queue); safe to call more than once."""
         self.cancel_flag.set()
+        self.channel.wake_producer()  # a producer waiting on backpressure must see the flag
         if not self.ticket.granted.done() or self.started_at is None:
             self.engine.scheduler.release(self.ticket)
             if not self.channel.closed:
@@ -273,6 +276,8 @@ class InferenceEngine:
         return backend
 
     def target(self, model_id: str | None) -> Target:
+        if model_id is not None and not model_id.strip():
+            model_id = None  # a blank name, like an empty one, means the default model
         if not model_id or model_id == "default" or model_id == self.active_name:
             return Target(ACTIVE_LANE, self._active_or_mock, self.active_name or DEFAULT_MOCK)
         if model_id.startswith("mock/"):
@@ -309,7 +314,7 @@ class InferenceEngine:
     async def embedding_backend(self, model_id: str | None) -> Any:
         """The model that computes embeddings: the one named, the configured embedding model,
         else the active model (SPEC §5.4). Never a download."""
-        spec = model_id or self.settings.vector_store.embedding_model
+        spec = (model_id or "").strip() or self.settings.vector_store.embedding_model
         if spec and spec.startswith("mock/"):
             raise InvalidRequest("mock models do not compute embeddings; name a local GGUF model", param="model")
         if spec and spec not in ("default", self.active_name) and spec not in PERSONA_IDS:

@@ -296,7 +296,8 @@ class LlamaBackend:
                 biases[i].token, biases[i].bias = token, bias
             add(L.llama_sampler_init_logit_bias(self.n_vocab, len(params.logit_bias), biases))
         if params.presence_penalty or params.frequency_penalty or params.repeat_penalty != 1.0:
-            add(L.llama_sampler_init_penalties(PENALTY_LAST_N, params.repeat_penalty,
+            # This llama.cpp takes the vocabulary size first (see its llama.h).
+            add(L.llama_sampler_init_penalties(self.n_vocab, PENALTY_LAST_N, params.repeat_penalty,
                                                params.frequency_penalty, params.presence_penalty))
         if params.temperature <= 0:
             add(L.llama_sampler_init_greedy())

@@ -16,9 +16,10 @@ from urllib.parse import parse_qs, urlsplit
 from abi_tui.backends.base import CancelFlag, GenerationRequest, Prepared, TokenChannel
 from abi_tui.backends.text import StopMatcher
 from abi_tui.bench.patterns import PATTERNS, token_delay_ms
-from abi_tui.errors import InvalidRequest, ModelNotFound
+from abi_tui.errors import ContextLengthExceeded, GenerationError, InvalidRequest, ModelNotFound
 
 DEFAULT_MAX_TOKENS = 64
+MOCK_CONTEXT = 131072  # prompt + completion tokens per request
 FALLBACK_WORDS = "this is the abi mock backend streaming tokens at a configured rate".split()
 
 
@@ -77,7 +78,13 @@ class MockBackend:
 
     async def prepare(self, request: GenerationRequest) -> Prepared:
         max_tokens = request.params.max_tokens or DEFAULT_MAX_TOKENS
-        return Prepared(request, prompt_tokens=count_words(request), max_tokens=max_tokens)
+        prompt_tokens = count_words(request)
+        if prompt_tokens + max_tokens > MOCK_CONTEXT:
+            # Like a real model's context: a request cannot ask for a practically endless stream.
+            raise ContextLengthExceeded(
+                f"the mock's context is {MOCK_CONTEXT} tokens; this request needs {prompt_tokens} prompt + "
+                f"{max_tokens} completion tokens", param="max_tokens")
+        return Prepared(request, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
 
     def start(self, prepared: Prepared, channel: TokenChannel, cancel: CancelFlag) -> None:
         task = asyncio.get_running_loop().create_task(self._run(prepared, channel, cancel))
@@ -99,6 +106,10 @@ class MockBackend:
                 delay = deadline - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                elif index % 32 == 31:
+                    await asyncio.sleep(0)  # zero delays must not hold the event loop for the whole run
+                if channel.backlog >= channel.high_water:
+                    await channel.wait_writable(cancel)  # the client is not reading: wait, do not pile up
                 if cancel.is_set:
                     finish = "cancelled"
                     break
@@ -113,6 +124,9 @@ class MockBackend:
                     break
         except asyncio.CancelledError:
             finish = "cancelled"
+        except Exception as exc:  # a bug or an injected fault: end the stream with an error, never hang it
+            channel.close(None, GenerationError(f"the mock backend failed: {type(exc).__name__}: {exc}"))
+            return
         channel.close(finish)
 
     def describe(self) -> dict[str, Any]:

@@ -452,6 +452,24 @@ class ChatStore:
                 message = _with_content(message, "".join(partial.chunks))
             return message
 
+    def finished_turns(self, limit: int = 200) -> list[tuple[Message, Message]]:
+        """The most recent finished turns, newest first: (user message, its complete answer).
+        The vector store is rebuilt from these when a crash cut off its writes."""
+        with self._lock:
+            self._check_open()
+            rows = self._db.execute(
+                "SELECT a.*, (SELECT u.id FROM messages u WHERE u.conversation_id = a.conversation_id "
+                "AND u.role = 'user' AND u.id < a.id ORDER BY u.id DESC LIMIT 1) AS user_id "
+                "FROM messages a WHERE a.role = 'assistant' AND a.status = 'done' ORDER BY a.id DESC LIMIT ?",
+                (limit,)).fetchall()
+            turns = []
+            for row in rows:
+                if row["user_id"] is None:
+                    continue
+                user = self._db.execute("SELECT * FROM messages WHERE id = ?", (row["user_id"],)).fetchone()
+                turns.append((_message(user), _message(row)))
+            return turns
+
     def messages(self, conversation_id: str) -> list[Message]:
         """All messages of a conversation in order (raises if the conversation is unknown)."""
         with self._lock:

@@ -73,17 +73,27 @@ class VectorMemory:
         )
 
     def add_turn(self, *, conversation_id: str, persona: str | None, role: str, text: str,
-                 ts: float | None = None) -> str:
+                 ts: float | None = None, turn_id: str | None = None) -> str:
+        """Store one message. `turn_id` (the chat store's message id) makes it idempotent: the
+        same message written twice, by a retry or a rebuild after a crash, is stored once."""
         text = text.strip()
         if not text:
             return ""
-        turn_id = uuid.uuid4().hex
+        turn_id = turn_id or uuid.uuid4().hex
         [vector] = self.embed([text])
         metadata = {"conversation_id": conversation_id, "persona": persona or "", "role": role,
                     "ts": ts if ts is not None else time.time()}
         with self._lock:
-            self.collection.add(ids=[turn_id], embeddings=[vector], documents=[text], metadatas=[metadata])
+            self.collection.upsert(ids=[turn_id], embeddings=[vector], documents=[text], metadatas=[metadata])
         return turn_id
+
+    def missing(self, turn_ids: list[str]) -> set[str]:
+        """Which of these ids the store does not hold."""
+        if not turn_ids:
+            return set()
+        with self._lock:
+            found = self.collection.get(ids=turn_ids, include=[])["ids"]
+        return set(turn_ids) - set(found)
 
     def search(self, query: str, *, k: int = 5, threshold: float | None = None,
                exclude_conversation: str | None = None) -> list[MemoryHit]:
@@ -110,6 +120,11 @@ class VectorMemory:
     def count(self) -> int:
         with self._lock:
             return self.collection.count()
+
+
+def message_turn_id(message_id: int) -> str:
+    """The vector-store id of a chat-store message."""
+    return f"msg-{message_id}"
 
 
 def memory_prompt(hits: list[MemoryHit], budget_tokens: int, count_tokens: Callable[[str], int]) -> str | None:

@@ -30,7 +30,7 @@ from abi_tui.models import quants, stores
 from abi_tui.models.errors import InvalidRequest, ModelInUse, ModelNotFound
 from abi_tui.models.gguf_info import GGUFSummary, read_summary
 from abi_tui.models.record import SOURCES, CachedModel
-from abi_tui.models.spec import ModelSpec, parse_spec
+from abi_tui.models.spec import ModelSpec, parse_spec, path_exists
 
 URL_DIR = "_url"
 SUMMARY_INDEX = ".summaries.json"
@@ -64,20 +64,37 @@ def now_iso() -> str:
 
 
 def _safe_parts(path: str) -> list[str]:
+    """Path components from the hub or a URL, none of which may climb out or smuggle bytes
+    the file system treats specially."""
     parts = [p for p in path.replace("\\", "/").split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
+    if not parts or any(p in (".", "..") or any(ord(c) < 32 for c in p) for p in parts):
         raise InvalidRequest(f"unsafe file path {path!r}", param="model")
     return parts
 
 
+def inside(root: Path, path: Path) -> Path:
+    """`path`, once it is certain to stay under `root`: no `..`, and no symlink on the way (a
+    directory or the file itself) that leads out of it. Raises InvalidRequest otherwise."""
+    base = root.resolve()
+    try:
+        target = path.parent.resolve() / path.name  # follows symlinked directories that exist
+    except (OSError, RuntimeError):  # a symlink loop
+        target = None
+    if target is None or not target.is_relative_to(base) or target == base or path.is_symlink():
+        raise InvalidRequest(f"refusing to write {path}: it leads outside the model cache {base}", param="model")
+    return path
+
+
 def destination(models_dir: Path, *, repo: str | None, path_in_repo: str, url: str | None = None) -> Path:
-    """Where a remote file lives in the cache."""
+    """Where a remote file lives in the cache (always inside `models_dir`)."""
     if repo:
-        return models_dir.joinpath(*_safe_parts(repo), *_safe_parts(path_in_repo))
+        return inside(models_dir, models_dir.joinpath(*_safe_parts(repo), *_safe_parts(path_in_repo)))
     from urllib.parse import urlsplit
 
-    host = (urlsplit(url or "").hostname or "unknown").replace(":", "_")
-    return models_dir.joinpath(URL_DIR, host, _safe_parts(path_in_repo)[-1])
+    host = (urlsplit(url or "").hostname or "").replace(":", "_")
+    if host in ("", ".", ".."):
+        host = "unknown"
+    return inside(models_dir, models_dir.joinpath(URL_DIR, host, _safe_parts(path_in_repo)[-1]))
 
 
 # -- listing ------------------------------------------------------------------------------
@@ -272,7 +289,7 @@ def resolve_local_model(spec: str, settings: Any) -> Path:
     parsed = parse_spec(spec)
     if parsed.kind == "path":
         assert parsed.path is not None
-        if parsed.path.is_file():
+        if path_exists(parsed.path, file=True):
             return parsed.path
         raise ModelNotFound(f"no such model file: {parsed.path}")
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from abi_tui.models.progress import DownloadState
 from abi_tui.models.units import human_bytes
 
 MiB = 1024 * 1024
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 STATE_VERSION = 1
 
 
@@ -151,6 +153,11 @@ def _write_all(fd: int, pieces: list[bytes], offset: int) -> None:
             view = view[n:]
 
 
+def _create_empty(path: Path) -> None:
+    """`path.touch()` that will not follow a symlink planted at `path`."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644))
+
+
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
 
 
@@ -225,6 +232,15 @@ class FileDownload:
                 if reused is not None:
                     return reused
             return await self._download()
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            # The part and its saved ranges stay: the next run resumes from there.
+            total = f" of {human_bytes(self.total)}" if self.total else ""
+            raise InsufficientSpace(
+                f"the disk filled up while writing {self.dest.name} in {self.dest.parent}: "
+                f"{human_bytes(self.downloaded)}{total} kept in {self.part.name}; free some space and run the "
+                "download again to resume") from None
         finally:
             lock.release()
 
@@ -414,7 +430,7 @@ class FileDownload:
         if not self.options.verify:
             return
         if not self.part.exists():
-            self.part.touch()
+            _create_empty(self.part)
         self._hasher = PrefixHasher(self.part)
         self._hasher.start()
         self._hasher.advance(contiguous_prefix(self._chunks))
@@ -425,7 +441,8 @@ class FileDownload:
 
     def _open_part(self) -> int:
         if self._fd is None:
-            self._fd = os.open(self.part, os.O_WRONLY | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a planted symlink at <file>.part must not redirect the bytes elsewhere.
+            self._fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         return self._fd
 
     async def _monitor(self) -> None:
@@ -649,7 +666,7 @@ class FileDownload:
     async def _finish(self) -> FileResult:
         total = self.total if self.total is not None else contiguous_prefix(self._chunks)
         if not self.part.exists():
-            self.part.touch()  # an empty file
+            _create_empty(self.part)  # an empty file
         self._set(DownloadState.VERIFYING)
         digest: str | None = None
         if self._hasher is not None:

@@ -53,6 +53,23 @@ class ModelSpec:
         return self.url or (str(self.path) if self.path else self.text)
 
 
+def path_exists(path: Path, *, file: bool = False) -> bool:
+    """`path.exists()` / `is_file()` for names a client sent: a name too long for the file system
+    or with a NUL byte is simply not there (pathlib raises for those)."""
+    try:
+        return path.is_file() if file else path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _expand(text: str) -> Path:
+    """`~` expanded; `~someone` for a user this system lacks stays as written (pathlib raises)."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        return Path(text)
+
+
 def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", "./", "../", "~", "\\")) or (len(text) > 2 and text[1] == ":")
 
@@ -71,19 +88,22 @@ def parse_spec(text: str, *, endpoint: str | None = None) -> ModelSpec:
         return spec
     if re.match(r"^https?://", text, re.IGNORECASE):
         return _url_spec(text, endpoint)
-    if _looks_like_path(text) or Path(text).exists():
-        return ModelSpec("path", text, path=Path(text).expanduser())
+    if _looks_like_path(text) or path_exists(Path(text)):
+        return ModelSpec("path", text, path=_expand(text))
     spec = _hub_spec(text, text)
     if spec is not None:
         return spec
     if text.lower().endswith(".gguf") and ("/" in text or "\\" in text):
-        return ModelSpec("path", text, path=Path(text).expanduser())
+        return ModelSpec("path", text, path=_expand(text))
     return ModelSpec("name", text)
 
 
 def _hub_spec(rest: str, text: str) -> ModelSpec | None:
     match = FILE_RE.match(rest)
     if match:
+        if any(part in (".", "..") for part in match["file"].replace("\\", "/").split("/")):
+            raise InvalidRequest(f"bad hub spec {text!r}: a file path in a repo cannot contain '.' or '..'",
+                                 param="model")
         return ModelSpec("hub", text, repo=match["repo"], revision=match["rev"], filename=match["file"])
     match = REPO_RE.match(rest)
     if match:

@@ -58,6 +58,9 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     except asyncio.CancelledError:
         status = 499  # the client went away
         raise
+    except ConnectionError:
+        status = 499  # the client went away before the answer started: nobody to answer, no traceback
+        raise
     except Exception as exc:
         status = 500
         return internal_error_response(exc)

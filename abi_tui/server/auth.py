@@ -32,16 +32,24 @@ def presented_token(request: web.Request) -> str | None:
     return None
 
 
+def is_admin_route(request: web.Request) -> bool:
+    """By the path as sent and by the route it resolved to: whatever spelling of the path
+    reaches an /admin/ handler (percent-escapes, say) needs the admin token."""
+    if request.path.startswith("/admin/"):
+        return True
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical.startswith("/admin/")
+
+
 def check(request: web.Request, token: str | None, admin_token: str | None) -> None:
-    path = request.path
-    if path in OPEN_PATHS:
+    admin = is_admin_route(request)
+    if request.path in OPEN_PATHS and not admin:
         return
-    needed = admin_token if path.startswith("/admin/") else token
+    needed = admin_token if admin else token
     if not needed:
         return
     given = presented_token(request)
     if given is None:
         raise AuthenticationError("missing API token: send 'Authorization: Bearer <token>'")
     if not _matches(given, needed):
-        kind = "admin token" if path.startswith("/admin/") else "API token"
-        raise AuthenticationError(f"invalid {kind}")
+        raise AuthenticationError(f"invalid {'admin token' if admin else 'API token'}")

@@ -172,11 +172,13 @@ def serve_forever(settings: Settings) -> int:
 class EmbeddedServer:
     """The dashboard's server: its own event loop on a thread, so the UI loop never waits on it."""
 
-    def __init__(self, settings: Settings, *, demo_default: bool = False) -> None:
+    def __init__(self, settings: Settings, *, demo_default: bool = False, services: dict | None = None) -> None:
         """`demo_default`: with no --model and no last used model, load the packaged demo model
-        (what `abi dash` does for a new user)."""
+        (what `abi dash` does for a new user). `services` pre-sets server services (tests
+        inject a fake `nvml_module`)."""
         self.settings = settings
         self.demo_default = demo_default
+        self.services = services
         self.url: str | None = None
         self.error: str | None = None
         self._ready = threading.Event()
@@ -200,7 +202,7 @@ class EmbeddedServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
-            server = await start_server(self.settings, fallback_to_free_port=True)
+            server = await start_server(self.settings, fallback_to_free_port=True, services=self.services)
         except AbiError as exc:
             self.error = exc.message
             self._ready.set()

@@ -14,15 +14,29 @@ INTEGER = {"type": "integer"}
 STRING = {"type": "string"}
 BOOLEAN = {"type": "boolean"}
 OBJECT = {"type": "object"}
-SSE = {"text/event-stream": {"schema": STRING}}
+# One server-sent event (what SSE clients, and schemathesis, check each event against).
+SSE = {"text/event-stream": {"schema": {"type": "object", "properties": {
+    "data": STRING, "event": STRING, "id": STRING, "retry": INTEGER}}}}
 
-MESSAGE = {
-    "type": "object",
-    "required": ["role", "content"],
-    "properties": {
-        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
-        "content": {"type": "string"},
-    },
+NULL = {"type": "null"}
+NON_BLANK = {"type": "string", "minLength": 1, "pattern": "\\S"}  # the server strips, then needs text
+TEXT_PARTS = {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {
+    "type": {"const": "text"}, "text": STRING}}}
+NO_TOOL_CALLS = {"anyOf": [NULL, {"type": "array", "maxItems": 0}]}
+MESSAGE = {"oneOf": [
+    {"type": "object", "required": ["role", "content"], "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user"]},
+        "content": {"anyOf": [STRING, TEXT_PARTS]}, "tool_calls": NO_TOOL_CALLS}},
+    {"type": "object", "required": ["role"], "properties": {  # an assistant turn may have no content
+        "role": {"const": "assistant"},
+        "content": {"anyOf": [STRING, TEXT_PARTS, NULL]}, "tool_calls": NO_TOOL_CALLS}},
+]}
+MESSAGES = {"type": "array", "minItems": 1, "items": MESSAGE}
+# OpenAI options the server does not implement: accepted only in their "off" forms (parse.py).
+UNSUPPORTED = {
+    "tools": NO_TOOL_CALLS, "functions": NO_TOOL_CALLS,
+    "tool_choice": {"anyOf": [NULL, {"const": "none"}]}, "function_call": {"anyOf": [NULL, {"const": "none"}]},
+    "logprobs": {"enum": [None, False, 0]}, "top_logprobs": {"enum": [None, 0]},
 }
 SAMPLING = {
     "model": STRING,
@@ -36,18 +50,38 @@ SAMPLING = {
     "seed": INTEGER,
     "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
     "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-    "logit_bias": {"type": "object", "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}},
-    "response_format": {"type": "object", "properties": {"type": {"type": "string", "enum": ["text", "json_object"]}}},
+    "repeat_penalty": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+    "logit_bias": {"type": "object", "propertyNames": {"pattern": "^[0-9]{1,10}$"},
+                   "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}},
+    "response_format": {"type": "object", "required": ["type"],
+                        "properties": {"type": {"type": "string", "enum": ["text", "json_object"]}}},
     "n": {"type": "integer", "minimum": 1, "maximum": 1},
     "stream": BOOLEAN,
-    "stream_options": {"type": "object", "properties": {"include_usage": BOOLEAN}},
+    "stream_options": {"type": "object", "properties": {"include_usage": {"type": ["boolean", "null"]}}},
+    **UNSUPPORTED,
 }
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """Optional body fields: the server treats null as "not given"."""
+    return {"anyOf": [schema, NULL]}
+
+
+SAMPLING = {key: nullable(value) for key, value in SAMPLING.items()}
+COMPLETION_ONLY = {"suffix": {"enum": [None, ""]}, "echo": {"enum": [None, False]}, "best_of": {"enum": [None, 1]}}
+# What /api/models/pull downloads from the hub (an https:// URL is accepted too, undescribed
+# here so that fuzzing never dials out): owner/repo[@rev][:QUANT | /file.gguf], hub-valid names.
+_HUB_NAME = "[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,30}[A-Za-z0-9])?"
+HUB_SPEC = (f"^(?!.*(?:--|\\.\\.))(?:hf://)?{_HUB_NAME}/{_HUB_NAME}"
+            f"(?::[A-Za-z0-9_.-]{{1,20}}|/{_HUB_NAME}\\.gguf)?$")
+HUB_REPO_SPEC = f"^(?!.*(?:--|\\.\\.))(?:hf://)?{_HUB_NAME}/{_HUB_NAME}(?::[A-Za-z0-9_.-]{{1,20}})?$"
+PERSONA = {"enum": ["auto", "abi", "abbey", "aviva", None]}
 USAGE = {"type": "object", "properties": {"prompt_tokens": INTEGER, "completion_tokens": INTEGER,
                                            "total_tokens": INTEGER}}
 
 
 PERSONA_CHAT = {"type": "object", "required": ["content"], "properties": {
-    "content": STRING, "conversation_id": STRING, **SAMPLING}}
+    "content": NON_BLANK, "conversation_id": nullable(STRING), **SAMPLING}}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -56,15 +90,18 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _op(summary: str, *, body: dict[str, Any] | None = None, ok: dict[str, Any] | None = None,
         ok_content: dict[str, Any] | None = None, errors: tuple[int, ...] = (400, 401),
-        params: list[dict[str, Any]] | None = None, tag: str = "abi") -> dict[str, Any]:
-    responses: dict[str, Any] = {"200": {"description": "OK", "content": ok_content or _json(ok or OBJECT)}}
+        params: list[dict[str, Any]] | None = None, tag: str = "abi", ok_status: int = 200,
+        body_required: bool = True, open_route: bool = False) -> dict[str, Any]:
+    responses: dict[str, Any] = {str(ok_status): {"description": "OK", "content": ok_content or _json(ok or OBJECT)}}
     for status in errors:
         responses[str(status)] = {"description": "Error", "content": _json(ERROR)}
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if body is not None:
-        op["requestBody"] = {"required": True, "content": _json(body)}
+        op["requestBody"] = {"required": body_required, "content": _json(body)}
     if params:
         op["parameters"] = params
+    if open_route:
+        op["security"] = []  # no token needed
     return op
 
 
@@ -72,77 +109,94 @@ def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": STRING}
 
 
-GENERATION_ERRORS = (400, 401, 404, 413, 415, 429, 500, 502, 503, 504)
+# 422: a model named by path that is not a usable GGUF; 5xx: backend and remote failures.
+GENERATION_ERRORS = (400, 401, 404, 413, 415, 422, 429, 500, 502, 503, 504)
 
 OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/health": {"get": _op("Server state", ok={"type": "object", "required": ["status", "state"], "properties": {
         "status": STRING, "state": {"type": "string", "enum": ["ready", "loading", "no_model", "error"]},
         "model": {"type": ["string", "null"]}, "active_streams": INTEGER, "queued": INTEGER,
-        "uptime_s": NUMBER, "version": STRING}}, errors=(503,), tag="system")},
+        "uptime_s": NUMBER, "version": STRING}}, errors=(503,), tag="system", open_route=True)},
     "/v1/models": {"get": _op("Models: cached, personas, remote endpoints, mock patterns", ok={
         "type": "object", "required": ["object", "data"], "properties": {
             "object": STRING, "data": {"type": "array", "items": {"type": "object", "required": ["id", "object"]}}}},
         errors=(401,), tag="openai")},
     "/v1/chat/completions": {"post": _op(
         "Chat completion (OpenAI)", tag="openai", errors=GENERATION_ERRORS,
-        body={"type": "object", "required": ["messages"], "properties": {
-            "messages": {"type": "array", "minItems": 1, "items": MESSAGE}, **SAMPLING}},
+        body={"type": "object", "required": ["messages"], "properties": {"messages": MESSAGES, **SAMPLING}},
         ok_content={**_json({"type": "object", "required": ["id", "choices", "usage"], "properties": {
             "id": STRING, "object": STRING, "created": INTEGER, "model": STRING,
             "choices": {"type": "array"}, "usage": USAGE}}), **SSE})},
     "/v1/completions": {"post": _op(
         "Text completion (OpenAI legacy)", tag="openai", errors=GENERATION_ERRORS,
-        body={"type": "object", "required": ["prompt"], "properties": {"prompt": STRING, **SAMPLING}},
+        body={"type": "object", "required": ["prompt"], "properties": {
+            "prompt": {"anyOf": [STRING, {"type": "array", "items": STRING, "minItems": 1, "maxItems": 1}]},
+            **SAMPLING, **COMPLETION_ONLY}},
         ok_content={**_json({"type": "object", "required": ["id", "choices", "usage"]}), **SSE})},
     "/v1/embeddings": {"post": _op(
-        "Embeddings from the embedding model", tag="openai", errors=(400, 401, 404, 413, 415, 503),
+        "Embeddings from the embedding model", tag="openai", errors=(400, 401, 404, 413, 415, 422, 503),
         body={"type": "object", "required": ["input"], "properties": {
-            "input": {"oneOf": [STRING, {"type": "array", "items": STRING, "minItems": 1}]},
-            "model": STRING, "encoding_format": {"type": "string", "enum": ["float", "base64"]}}},
+            "input": {"oneOf": [STRING, {"type": "array", "items": STRING, "minItems": 1, "maxItems": 2048}]},
+            "model": nullable(STRING), "encoding_format": {"type": "string", "enum": ["float", "base64"]}}},
         ok={"type": "object", "required": ["data", "usage"]})},
     "/api/stream": {"post": _op(
         "ABI SSE stream: abi.start, abi.token, abi.end, abi.error", errors=GENERATION_ERRORS,
-        body={"type": "object", "properties": {"prompt": STRING, "messages": {"type": "array", "items": MESSAGE},
-                                               "persona": STRING, **SAMPLING}},
+        body={"type": "object", "anyOf": [{"required": ["prompt"]}, {"required": ["messages"]}], "properties": {
+            "prompt": STRING, "messages": MESSAGES, "persona": PERSONA,
+            "request_id": nullable({"type": "string", "pattern": "^[!-~]{1,128}$"}), **SAMPLING}},
         ok_content=SSE)},
-    "/api/stream/ws": {"get": _op("ABI WebSocket stream (upgrade)", errors=(401,), ok_content=_json(OBJECT))},
+    "/api/stream/ws": {"get": _op("ABI WebSocket stream (upgrade; a plain GET is a 400)", errors=(400, 401),
+                                  ok_content=_json(OBJECT))},
     "/api/events": {"get": _op("Server events (SSE)", errors=(401,), ok_content=SSE,
                                params=[{"name": "since", "in": "query", "required": False, "schema": STRING}])},
-    "/api/telemetry": {"get": _op("GPU, host and model-pool snapshot with history", errors=(401,))},
+    "/api/telemetry": {"get": _op("GPU, host and model-pool snapshot with history", errors=(400, 401), params=[
+        {"name": "history", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}}])},
     "/api/models": {"get": _op("Cached models", errors=(401,))},
-    "/api/models/pull": {"post": _op("Download a model; streams progress events", errors=(400, 401, 404, 413, 415),
-                                     body={"type": "object", "required": ["model"], "properties": {
-                                         "model": STRING, "quant": STRING, "sha256": STRING, "stream": BOOLEAN}})},
+    "/api/models/pull": {"post": _op(
+        "Download a model; streams progress events (SSE), or one JSON answer with stream=false",
+        errors=(400, 401, 404, 409, 413, 415, 502, 503, 507), ok_content={**_json(OBJECT), **SSE},
+        body={"type": "object", "required": ["model"], "properties": {
+            "model": {"type": "string", "pattern": HUB_SPEC}, "quant": nullable(STRING),
+            "sha256": nullable({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}),
+            "stream": nullable(BOOLEAN), "verify": nullable(BOOLEAN)},
+            # a quant picks among a repo's files: it cannot go with one named file
+            "dependentSchemas": {"quant": {"anyOf": [{"properties": {"quant": NULL}},
+                                                     {"properties": {"model": {"pattern": HUB_REPO_SPEC}}}]}}})},
     "/api/models/{name}": {"delete": _op("Remove a cached model", errors=(401, 404, 409),
                                          params=[_path_param("name")])},
     "/api/v1/chat": {"post": _op("Persona chat, auto-routed (ABI SSE events, or JSON with stream=false)",
                                  errors=GENERATION_ERRORS, ok_content={**_json(OBJECT), **SSE},
                                  body=PERSONA_CHAT)},
     "/api/v1/chat/{persona}": {"post": _op("Persona chat with a forced persona", errors=GENERATION_ERRORS,
-                                           params=[_path_param("persona")], ok_content={**_json(OBJECT), **SSE},
+                                           params=[{**_path_param("persona"), "schema": {
+                                               "type": "string", "enum": ["abi", "abbey", "aviva"]}}],
+                                           ok_content={**_json(OBJECT), **SSE},
                                            body=PERSONA_CHAT)},
     "/api/v1/personas": {"get": _op("Persona catalogue", errors=(401,))},
     "/api/v1/personas/metrics": {"get": _op("Per-persona counters and latency percentiles", errors=(401,))},
     "/api/v1/personas/route": {"post": _op("Routing decision without generating", errors=(400, 401, 413, 415),
                                            body={"type": "object", "required": ["content"], "properties": {
-                                               "content": STRING, "previous": STRING}})},
+                                               "content": STRING, "previous": {
+                                                   "enum": ["abi", "abbey", "aviva", None]}}})},
     "/api/v1/conversations": {
         "get": _op("Conversations, most recent first", errors=(401,)),
-        "post": _op("Create a conversation", errors=(400, 401, 413, 415),
-                    body={"type": "object", "properties": {"title": STRING}})},
+        "post": _op("Create a conversation", errors=(400, 401, 413, 415), ok_status=201, body_required=False,
+                    body={"type": "object", "properties": {"title": {"type": ["string", "null"]}}})},
     "/api/v1/conversations/{conversation_id}": {
         "get": _op("A conversation with its messages", errors=(401, 404), params=[_path_param("conversation_id")]),
         "patch": _op("Rename a conversation", errors=(400, 401, 404, 413, 415), params=[_path_param("conversation_id")],
-                     body={"type": "object", "required": ["title"], "properties": {"title": STRING}}),
+                     body={"type": "object", "required": ["title"], "properties": {"title": NON_BLANK}}),
         "delete": _op("Delete a conversation", errors=(401, 404), params=[_path_param("conversation_id")])},
     "/api/v1/conversations/{conversation_id}/export": {
         "get": _op("A conversation as Markdown", errors=(401, 404), params=[_path_param("conversation_id")],
                    ok_content={"text/markdown": {"schema": STRING}})},
     "/admin/reload": {"post": _op("Hot model swap with drain and rollback", errors=(400, 401, 404, 409, 413, 415, 422, 500),
                                   body={"type": "object", "required": ["model"], "properties": {
-                                      "model": STRING, "drain_timeout_s": {"type": "number", "minimum": 0, "maximum": 3600},
-                                      "force": BOOLEAN, "n_ctx": {"type": "integer", "minimum": 16},
-                                      "n_gpu_layers": INTEGER}}, tag="admin")},
+                                      "model": NON_BLANK,
+                                      "drain_timeout_s": {"type": "number", "minimum": 0, "maximum": 3600},
+                                      "force": BOOLEAN, "n_ctx": {"anyOf": [NULL, {"type": "integer", "minimum": 16}]},
+                                      "n_gpu_layers": {"anyOf": [NULL, {"type": "integer", "minimum": -1}]}}},
+                                  tag="admin")},
     "/metrics": {"get": _op("Prometheus metrics", errors=(401,), ok_content={"text/plain": {"schema": STRING}},
                             tag="system")},
     "/openapi.json": {"get": _op("This document", errors=(401,), tag="system")},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +13,15 @@ from abi_tui.backends.base import GenerationRequest, SamplingParams
 from abi_tui.errors import AbiError, InvalidRequest
 
 ROLES = ("system", "developer", "user", "assistant")
+TOKEN_ID_RE = re.compile(r"^[0-9]{1,10}$")
+# OpenAI options this server does not implement, and the values that mean "off" (accepted).
+# openapi.py describes exactly these.
+UNSUPPORTED_OFF: dict[str, tuple[Any, ...]] = {
+    "tools": (None, []), "functions": (None, []), "tool_choice": (None, "none"), "function_call": (None, "none"),
+    "logprobs": (None, False, 0), "top_logprobs": (None, 0),
+}
+UNSUPPORTED_COMPLETION_OFF: dict[str, tuple[Any, ...]] = {"suffix": (None, ""), "echo": (None, False),
+                                                          "best_of": (None, 1)}
 
 
 class PayloadTooLarge(AbiError):
@@ -44,7 +54,53 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    if b"\\u" in body:  # only a backslash-u escape can smuggle in a lone surrogate
+        check_text(data)
     return data
+
+
+def _bad_text(value: Any, path: str) -> str | None:
+    """The path of the first string (key or value) that is not valid Unicode text, if any."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found = _bad_text(key, where) or _bad_text(item, where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _bad_text(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def check_text(data: Any) -> None:
+    """JSON may escape a lone UTF-16 surrogate (\\ud800), which no UTF-8 encoder (tokenizers,
+    the response writer) accepts: refuse it here rather than fail mid-stream."""
+    where = _bad_text(data, "")
+    if where is not None:
+        where = where.encode("utf-8", "replace").decode()  # the path may hold the surrogate itself
+        raise InvalidRequest(f"'{where}' contains a lone UTF-16 surrogate escape; send valid Unicode text",
+                             param=where)
+
+
+def _is_one_of(value: Any, allowed: tuple[Any, ...]) -> bool:
+    """`value in allowed` without Python's bool/int/float equality (False == 0 == 0.0): the
+    unsupported OpenAI options are accepted only in their documented 'off' forms."""
+    def same(a: Any) -> bool:
+        if isinstance(value, bool) or isinstance(a, bool):
+            return value is a
+        if isinstance(value, (int, float)) and isinstance(a, (int, float)):
+            return value == a
+        return type(value) is type(a) and value == a
+
+    return any(same(a) for a in allowed)
 
 
 def _number(data: dict, key: str, default: float | None, lo: float, hi: float) -> float | None:
@@ -111,10 +167,10 @@ def _logit_bias(data: dict) -> dict[int, float]:
         raise InvalidRequest("'logit_bias' must be an object of token id to bias", param="logit_bias")
     bias = {}
     for key, amount in value.items():
-        try:
-            token = int(key)
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"'logit_bias' key {key!r} is not a token id", param="logit_bias") from None
+        # ASCII digits only: int() would also take " 1", "1_0" and other scripts' digits.
+        if not isinstance(key, str) or not TOKEN_ID_RE.match(key):
+            raise InvalidRequest(f"'logit_bias' key {key!r} is not a token id", param="logit_bias")
+        token = int(key)
         if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not -100 <= amount <= 100:
             raise InvalidRequest(f"'logit_bias' value for token {key} must be a number from -100 to 100",
                                  param="logit_bias")
@@ -153,21 +209,26 @@ def parse_messages(value: Any) -> list[dict[str, str]]:
             if role in ("tool", "function"):
                 raise InvalidRequest(f"messages[{i}]: tool messages are not supported", param=f"messages[{i}].role")
             raise InvalidRequest(f"messages[{i}].role must be one of {', '.join(ROLES)}", param=f"messages[{i}].role")
-        if message.get("tool_calls"):
+        if not _is_one_of(message.get("tool_calls"), (None, [])):
             raise InvalidRequest(f"messages[{i}]: tool calls are not supported", param=f"messages[{i}].tool_calls")
         messages.append({"role": "system" if role == "developer" else role, "content": _content(message, i)})
     return messages
+
+
+def _repeat_penalty(data: dict) -> float:
+    value = _number(data, "repeat_penalty", 1.0, 0.0, 10.0)
+    if value is None or value <= 0:  # llama.cpp divides by it
+        raise InvalidRequest("'repeat_penalty' must be greater than 0 (1 = off)", param="repeat_penalty")
+    return value
 
 
 def sampling_params(data: dict) -> SamplingParams:
     n = _integer(data, "n", lo=1)
     if n is not None and n > 1:
         raise InvalidRequest("'n' greater than 1 is not supported: send one request per choice", param="n")
-    for key in ("tools", "functions", "tool_choice", "function_call"):
-        if data.get(key):
+    for key, off in UNSUPPORTED_OFF.items():
+        if not _is_one_of(data.get(key), off):
             raise InvalidRequest(f"'{key}' is not supported by this server", param=key)
-    if data.get("logprobs") not in (None, False, 0) or data.get("top_logprobs"):
-        raise InvalidRequest("'logprobs' is not supported by this server", param="logprobs")
     max_tokens = _integer(data, "max_completion_tokens", lo=1)
     if max_tokens is None:
         max_tokens = _integer(data, "max_tokens", lo=1)
@@ -190,7 +251,7 @@ def sampling_params(data: dict) -> SamplingParams:
         seed=seed,
         presence_penalty=_number(data, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(data, "frequency_penalty", 0.0, -2.0, 2.0),
-        repeat_penalty=_number(data, "repeat_penalty", 1.0, 0.0, 10.0),
+        repeat_penalty=_repeat_penalty(data),
         logit_bias=_logit_bias(data),
         json_mode=json_mode,
     )
@@ -211,8 +272,8 @@ def completion_request(data: dict, route: str) -> GenerationRequest:
         raise InvalidRequest("'prompt' is required", param="prompt")
     if not isinstance(prompt, str):
         raise InvalidRequest("'prompt' must be a string (one prompt per request)", param="prompt")
-    for key in ("suffix", "echo", "best_of"):
-        if data.get(key) not in (None, False, 1):
+    for key, off in UNSUPPORTED_COMPLETION_OFF.items():
+        if not _is_one_of(data.get(key), off):
             raise InvalidRequest(f"'{key}' is not supported by this server", param=key)
     return GenerationRequest(model=model, prompt=prompt, params=sampling_params(data), route=route)
 
@@ -223,5 +284,7 @@ def stream_flags(data: dict) -> tuple[bool, bool]:
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("'stream_options' must be an object", param="stream_options")
-    include_usage = bool(options and options.get("include_usage"))
-    return stream, include_usage
+    include_usage = (options or {}).get("include_usage")
+    if include_usage is not None and not isinstance(include_usage, bool):
+        raise InvalidRequest("'stream_options.include_usage' must be true or false", param="stream_options.include_usage")
+    return stream, bool(include_usage)

@@ -16,7 +16,7 @@ from typing import Any
 from abi_tui.backends.base import GenerationRequest
 from abi_tui.backends.engine import PERSONA_IDS, InferenceEngine, Stream
 from abi_tui.config import Settings
-from abi_tui.errors import AbiError, InvalidRequest
+from abi_tui.errors import AbiError, ContextLengthExceeded, InvalidRequest
 from abi_tui.memory.chats import ChatStore
 from abi_tui.personas import (
     PersonaMetrics,
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MEMORY_SHARE = 4  # retrieved turns take at most a quarter of the context (SPEC §5.4)
 HISTORY_SHARE = 2  # earlier turns of the conversation take at most half
+TEMPLATE_MARGIN = 64  # tokens the chat template adds around the system prompt and the new message
 
 
 @dataclass
@@ -88,6 +89,13 @@ class PersonaService:
             except Exception as exc:  # a broken store must not break chat
                 log.exception("vector memory unavailable")
                 self.memory, self.memory_state, self.memory_error = None, "error", str(exc)
+                return None
+            try:
+                restored = await asyncio.to_thread(self._restore_missing, self.memory)
+                if restored:
+                    log.info("vector memory: stored %d messages of finished turns a crash had cut off", restored)
+            except Exception:  # best effort, like every memory write
+                log.exception("could not restore finished turns into vector memory")
             return self.memory
 
     def _open_memory(self, backend: Any) -> Any:
@@ -99,6 +107,24 @@ class PersonaService:
         if self._client is None:
             self._client = make_client(store.url, self.settings.vectors_dir)
         return VectorMemory(self._client, embed, backend.model_id, threshold=store.threshold)
+
+    def _restore_missing(self, memory: Any, limit: int = 50) -> int:
+        """The chat store is the record: finished turns whose vector write a crash (SIGKILL)
+        cut off are stored now, under the same ids, so nothing is lost or doubled."""
+        from abi_tui.memory.vectors import message_turn_id
+
+        if self.chats is None:
+            return 0
+        turns = self.chats.finished_turns(limit)
+        ids = [message_turn_id(m.id) for pair in turns for m in pair]
+        missing = memory.missing(ids)
+        for user, answer in reversed(turns):  # oldest first
+            for message in (user, answer):
+                if message_turn_id(message.id) in missing:
+                    memory.add_turn(conversation_id=message.conversation_id, persona=answer.persona, role=message.role,
+                                    text=message.content, ts=message.updated,
+                                    turn_id=message_turn_id(message.id))
+        return len(missing)
 
     # -------------------------------------------------------------------------------- routing
     def decide(self, content: str, *, previous: str | None = None, forced: str | None = None
@@ -164,24 +190,37 @@ class PersonaService:
         memory = await self.ensure_memory()
         hits = []
         note = None
-        backend = None
+        backend = self.engine.active_backend()  # its tokenizer sizes the prompt (None: the mock)
         if memory is not None:
             hits = await asyncio.to_thread(memory.search, cleaned, exclude_conversation=conversation_id)
-            backend = self.engine.active_backend()
             budget = getattr(backend, "n_ctx_seq", 4096) // MEMORY_SHARE
             from abi_tui.memory.vectors import memory_prompt
 
             note = memory_prompt(hits, budget, self._token_counter(backend))
-        generation.messages = trim_history(history, getattr(backend, "n_ctx_seq", 4096) // HISTORY_SHARE,
-                                           self._token_counter(backend)) + [{"role": "user", "content": cleaned}]
-        self.apply(generation, decision, body, note)
-        stream = await self.engine.open(generation)
-        if not conversation_id:
-            conversation = await asyncio.to_thread(chats.create_conversation, None)
-            conversation_id = conversation.id
-        user_id = await asyncio.to_thread(chats.add_user_message, conversation_id, cleaned)
-        assistant_id = await asyncio.to_thread(chats.begin_assistant, conversation_id, persona=decision.persona,
-                                               routing=decision.to_dict(), model=stream.model)
+        earlier = trim_history(history, self._history_budget(backend, decision, note, cleaned, generation),
+                               self._token_counter(backend))
+        while True:
+            generation.messages = earlier + [{"role": "user", "content": cleaned}]
+            self.apply(generation, decision, body, note)
+            try:
+                stream = await self.engine.open(generation)
+                break
+            except ContextLengthExceeded:
+                # The estimate missed the chat template's own tokens: keep the newer half of the
+                # earlier turns and ask again, rather than fail a long conversation.
+                if not earlier:
+                    raise
+                earlier = earlier[len(earlier) // 2 + 1:]
+        try:
+            if not conversation_id:
+                conversation = await asyncio.to_thread(chats.create_conversation, None)
+                conversation_id = conversation.id
+            user_id = await asyncio.to_thread(chats.add_user_message, conversation_id, cleaned)
+            assistant_id = await asyncio.to_thread(chats.begin_assistant, conversation_id, persona=decision.persona,
+                                                   routing=decision.to_dict(), model=stream.model)
+        except BaseException:  # a client gone (or a store error) here: the stream must not keep its slot
+            stream.cancel()
+            raise
         return PersonaChat(stream, decision, conversation_id, user_id, assistant_id,
                            [h.to_dict() for h in hits], cleaned)
 
@@ -205,11 +244,15 @@ class PersonaService:
             asyncio.get_running_loop().create_task(self._remember(turn, text))
 
     async def _remember(self, turn: PersonaChat, text: str) -> None:
+        from abi_tui.memory.vectors import message_turn_id
+
         memory = self.memory
         try:
-            for role, content in (("user", turn.user_text), ("assistant", text)):
+            for role, content, message_id in (("user", turn.user_text, turn.user_message_id),
+                                              ("assistant", text, turn.assistant_message_id)):
                 await asyncio.to_thread(memory.add_turn, conversation_id=turn.conversation_id,
-                                        persona=turn.decision.persona, role=role, text=content, ts=time.time())
+                                        persona=turn.decision.persona, role=role, text=content, ts=time.time(),
+                                        turn_id=message_turn_id(message_id) if message_id is not None else None)
         except Exception:  # memory is best effort; the chat is already saved
             log.exception("could not store the turn in vector memory")
 
@@ -218,6 +261,17 @@ class PersonaService:
         if self.chats is None:
             raise AbiError("the chat store is not open yet", status=503)
         return self.chats
+
+    def _history_budget(self, backend: Any, decision: RoutingDecision, note: str | None, content: str,
+                        generation: GenerationRequest) -> int:
+        """Tokens left for earlier turns: at most half the context, and never more than what the
+        persona's prompt, the memory note, the new message and the answer leave (else a long
+        conversation would end in context_length_exceeded)."""
+        count = self._token_counter(backend)
+        n_ctx = getattr(backend, "n_ctx_seq", 4096)
+        fixed = (count(get_persona(decision.persona).system_prompt) + (count(note) if note else 0) + count(content)
+                 + (generation.params.max_tokens or 0) + TEMPLATE_MARGIN)
+        return max(0, min(n_ctx // HISTORY_SHARE, n_ctx - fixed))
 
     @staticmethod
     def _token_counter(backend: Any):

@@ -24,6 +24,8 @@ async def reload_model(request: web.Request) -> web.Response:
     options = {}
     for key, low in (("n_ctx", 16), ("n_gpu_layers", -1)):
         value = body.get(key)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON has one number type: 2048.0 is the integer 2048
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidRequest(f"'{key}' must be an integer of at least {low}", param=key)

@@ -23,7 +23,13 @@ from abi_tui.models.spec import parse_spec
 from abi_tui.server.parse import read_json
 from abi_tui.server.sse import DONE_FRAME, HEARTBEAT_FRAME, open_sse, sse_frame
 from abi_tui.server.state import STATE, ServerState, state_of
-from abi_tui.server.streaming import heartbeat_seconds
+from abi_tui.server.streaming import (
+    ClientStalled,
+    drop_connection,
+    heartbeat_seconds,
+    write_timeout_seconds,
+    write_within,
+)
 
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 FOLLOWED = "models_followed_downloads"
@@ -84,8 +90,8 @@ async def pull(request: web.Request) -> web.StreamResponse:
     sha256 = _optional(body, "sha256", str)
     if sha256 is not None and not SHA256_RE.match(sha256):
         raise InvalidRequest("'sha256' must be 64 hexadecimal digits", param="sha256")
-    verify = _optional(body, "verify", bool, True)
-    stream = _optional(body, "stream", bool, True)
+    verify = _optional(body, "verify", bool, True) is not False  # null means the default
+    stream = _optional(body, "stream", bool, True) is not False
     parsed = parse_spec(spec).with_quant(quant)
     if parsed.kind not in ("hub", "url"):
         raise InvalidRequest(f"{spec!r} is not something to download: use owner/repo:QUANT, owner/repo/file.gguf, "
@@ -104,6 +110,7 @@ async def _stream_progress(request: web.Request, handle: DownloadHandle) -> web.
     follow it, or cancel it through /api/models/downloads/{id}/cancel)."""
     response = await open_sse(request, headers={"X-Download-Id": handle.id})
     heartbeat = heartbeat_seconds(request)
+    timeout = write_timeout_seconds(request)
     queue: asyncio.Queue[DownloadProgress] = asyncio.Queue()
 
     async def pump() -> None:
@@ -116,22 +123,24 @@ async def _stream_progress(request: web.Request, handle: DownloadHandle) -> web.
             try:
                 event = await asyncio.wait_for(queue.get(), heartbeat)
             except TimeoutError:
-                await response.write(HEARTBEAT_FRAME)
+                await write_within(response, HEARTBEAT_FRAME, timeout)
                 continue
             data = {"id": handle.id, **event.to_dict()}
             if not event.state.terminal:
-                await response.write(sse_frame(data, event="progress"))
+                await write_within(response, sse_frame(data, event="progress"), timeout)
                 continue
             model, error = await handle.outcome()
             if model is not None:
-                await response.write(sse_frame({**data, "model": model.to_dict()}, event="done"))
+                await write_within(response, sse_frame({**data, "model": model.to_dict()}, event="done"), timeout)
             else:
                 payload = error.to_dict() if isinstance(error, AbiError) else {
                     "error": {"message": event.error or event.message or event.state.value, "type": "server_error",
                               "param": None, "code": event.error_code or event.state.value}}
-                await response.write(sse_frame(payload, event="error"))
-            await response.write(DONE_FRAME)
+                await write_within(response, sse_frame(payload, event="error"), timeout)
+            await write_within(response, DONE_FRAME, timeout)
             break
+    except ClientStalled:
+        await drop_connection(request, response)  # stopped reading; the download carries on
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client left; the download carries on
     finally:
@@ -188,9 +197,10 @@ def _document() -> None:
     from abi_tui.server import openapi
 
     openapi.OPERATIONS.setdefault("/api/models/search", {
-        "get": openapi._op("Search the hub for GGUF repos with their quants and sizes", errors=(400, 401, 502),
+        "get": openapi._op("Search the hub for GGUF repos with their quants and sizes", errors=(400, 401, 502, 503),
                            params=[{"name": "q", "in": "query", "schema": openapi.STRING},
-                                   {"name": "limit", "in": "query", "schema": openapi.INTEGER},
+                                   {"name": "limit", "in": "query",
+                                    "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
                                    {"name": "sort", "in": "query", "schema": {
                                        "type": "string", "enum": ["downloads", "likes", "updated"]}}])})
     openapi.OPERATIONS.setdefault("/api/models/{name}", {}).setdefault("get", openapi._op(
@@ -215,6 +225,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/models/downloads", downloads)
     app.router.add_get("/api/models/search", search)
     app.router.add_post("/api/models/downloads/{id}/{action:pause|resume|cancel}", control)
-    # Last: a model name may contain slashes (owner/repo:QUANT).
-    app.router.add_get("/api/models/{name:.+}", info)
-    app.router.add_delete("/api/models/{name:.+}", remove)
+    # Last: a model name may contain slashes (owner/repo:QUANT), but not be one of the routes
+    # above (else DELETE /api/models/downloads would try to remove a model called "downloads").
+    name = "{name:(?!(?:downloads|search|pull)(?:/|$)).+}"
+    app.router.add_get(f"/api/models/{name}", info)
+    app.router.add_delete(f"/api/models/{name}", remove)

@@ -160,7 +160,10 @@ async def embeddings(request: web.Request) -> web.Response:
     encoding = data.get("encoding_format", "float")
     if encoding not in ("float", "base64"):
         raise InvalidRequest("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
-    backend = await state.engine.embedding_backend(data.get("model"))
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("'model' must be a string", param="model")
+    backend = await state.engine.embedding_backend(model)
     vectors, tokens = await asyncio.to_thread(backend.embed, texts)
     items = []
     for i, vector in enumerate(vectors):

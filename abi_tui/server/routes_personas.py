@@ -54,7 +54,10 @@ async def persona_chat(request: web.Request) -> web.StreamResponse:
     if not isinstance(content, str) or not content.strip():
         raise InvalidRequest("'content' (the user's message) is required", param="content")
     streaming, _ = stream_flags({"stream": body.get("stream", True)})
-    generation = GenerationRequest(model=body.get("model") if isinstance(body.get("model"), str) else None,
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("'model' must be a string", param="model")
+    generation = GenerationRequest(model=model,
                                    messages=[{"role": "user", "content": content}], params=sampling_params(body),
                                    request_id=new_request_id(), route="persona")
     turn = await service.open_turn(body, forced, generation)

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,14 +16,20 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from abi_tui.backends.base import GenerationRequest
 from abi_tui.backends.engine import HEARTBEAT, Stream, new_request_id
 from abi_tui.errors import AbiError, InvalidRequest
-from abi_tui.server.parse import parse_messages, read_json, sampling_params
+from abi_tui.server.parse import check_text, parse_messages, read_json, sampling_params
 from abi_tui.server.sse import dumps, sse_frame
 from abi_tui.server.state import ServerState, state_of
-from abi_tui.server.streaming import heartbeat_seconds, pump_sse
+from abi_tui.server.streaming import (
+    DROP_GRACE_S,
+    heartbeat_seconds,
+    pump_sse,
+    write_timeout_seconds,
+)
 
 log = logging.getLogger(__name__)
 
 WS_MAX_MESSAGE = 1024 * 1024
+REQUEST_ID_RE = re.compile(r"^[!-~]{1,128}$")
 WS_MAX_CONCURRENT = 4
 WS_PING_S = 30.0
 
@@ -36,6 +44,8 @@ def generation_request(body: dict[str, Any], route: str) -> GenerationRequest:
     persona = body.get("persona")
     if persona is not None and not isinstance(persona, str):
         raise InvalidRequest("'persona' must be a string", param="persona")
+    if "prompt" in body and not isinstance(body["prompt"], str):
+        raise InvalidRequest("'prompt' must be a string", param="prompt")
     if "messages" in body:
         messages, prompt = parse_messages(body["messages"]), None
     elif "prompt" in body:
@@ -45,8 +55,9 @@ def generation_request(body: dict[str, Any], route: str) -> GenerationRequest:
     else:
         raise InvalidRequest("send 'prompt' (a string) or 'messages' (a list)", param="prompt")
     request_id = body.get("request_id")
-    if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
-        raise InvalidRequest("'request_id' must be a string of 1-128 characters", param="request_id")
+    # Visible ASCII only: it goes back in the X-Request-Id header (CR/LF there would be header injection).
+    if request_id is not None and (not isinstance(request_id, str) or not REQUEST_ID_RE.match(request_id)):
+        raise InvalidRequest("'request_id' must be 1-128 visible ASCII characters", param="request_id")
     return GenerationRequest(model=model, messages=messages, prompt=prompt, params=sampling_params(body),
                              request_id=request_id or new_request_id(), route=route)
 
@@ -74,7 +85,10 @@ def end_payload(stream: Stream) -> dict[str, Any]:
 
 
 def error_payload(error: AbiError) -> dict[str, Any]:
-    return {"code": error.code or "error", "message": error.message}
+    payload: dict[str, Any] = {"code": error.code or "error", "message": error.message}
+    if error.retry_after is not None:  # a WebSocket has no Retry-After header: queue_full says it here
+        payload["retry_after"] = max(1, round(error.retry_after))
+    return payload
 
 
 class AbiSseEncoder:
@@ -118,17 +132,51 @@ async def abi_stream(request: web.Request) -> web.StreamResponse:
 class WsSession:
     """One WebSocket connection: up to 4 streams at once, each identified by request_id."""
 
-    def __init__(self, state: ServerState, ws: web.WebSocketResponse, heartbeat: float | None) -> None:
+    def __init__(self, state: ServerState, ws: web.WebSocketResponse, heartbeat: float | None,
+                 request: web.Request | None = None, write_timeout: float | None = None) -> None:
         self.state = state
         self.ws = ws
         self.heartbeat = heartbeat
+        self.request = request
+        self.write_timeout = write_timeout
         self.streams: dict[str, Stream] = {}
         self.tasks: set[asyncio.Task] = set()
         self.pending: set[str] = set()
+        self.dropped = False
 
     async def send(self, message: dict[str, Any]) -> None:
-        if not self.ws.closed:
-            await self.ws.send_str(dumps(message))
+        if self.ws.closed or self.dropped:
+            return
+        data = dumps(message)
+        if self.write_timeout is None:
+            await self.ws.send_str(data)
+            return
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await self.ws.send_str(data)
+        except TimeoutError:
+            await self.drop(f"the client accepted no data for {self.write_timeout:g} s")
+            raise ConnectionResetError("the client stopped reading") from None
+
+    async def drop(self, reason: str) -> None:
+        """A client that stopped reading: cancel its streams, say why if the socket still takes
+        it, close (1008), and cut the connection when even that does not go through."""
+        if self.dropped:
+            return
+        self.dropped = True
+        log.warning("dropped WebSocket client: %s", reason)
+        self.cancel(None)
+        try:
+            async with asyncio.timeout(DROP_GRACE_S):
+                await self.ws.send_str(dumps({"type": "error", "request_id": None, "code": "client_too_slow",
+                                              "message": f"{reason}; its streams were stopped"}))
+                await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"client too slow")
+            return
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        transport = self.request.transport if self.request is not None else None
+        if transport is not None:
+            transport.abort()
 
     async def error(self, code: str, message: str, request_id: str | None = None) -> None:
         await self.send({"type": "error", "request_id": request_id, "code": code, "message": message})
@@ -142,6 +190,12 @@ class WsSession:
         if not isinstance(message, dict):
             await self.error("invalid_request", "a message must be a JSON object with a 'type'")
             return
+        if "\\u" in text:
+            try:
+                check_text(message)
+            except AbiError as exc:
+                await self.error(exc.code or "invalid_request", exc.message)
+                return
         kind = message.get("type")
         if kind == "cancel":
             self.cancel(message.get("request_id"))
@@ -174,7 +228,8 @@ class WsSession:
             stream, routing = await open_stream(self.state, body, route="ws")
         except AbiError as exc:
             self.pending.discard(request_id)
-            await self.send({"type": "error", "request_id": request_id, **error_payload(exc)})
+            with contextlib.suppress(ConnectionError):
+                await self.send({"type": "error", "request_id": request_id, **error_payload(exc)})
             return
         self.pending.discard(request_id)
         self.streams[request_id] = stream
@@ -219,9 +274,11 @@ async def abi_stream_ws(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=WS_PING_S, max_msg_size=WS_MAX_MESSAGE,
                                protocols=_offered_bearer_protocol(request))
     await ws.prepare(request)
-    session = WsSession(state, ws, heartbeat_seconds(request))
+    session = WsSession(state, ws, heartbeat_seconds(request), request, write_timeout_seconds(request))
     try:
         async for msg in ws:
+            if session.dropped:
+                break
             if msg.type == WSMsgType.TEXT:
                 await session.handle_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
@@ -230,10 +287,17 @@ async def abi_stream_ws(request: web.Request) -> web.WebSocketResponse:
                 break
             elif msg.type == WSMsgType.ERROR:
                 break
+    except ConnectionError:
+        pass  # the client stopped reading (dropped) or went away
     finally:
         await session.close()
         if not ws.closed:
-            await ws.close()
+            try:
+                async with asyncio.timeout(DROP_GRACE_S):  # a client that reads nothing cannot hold us
+                    await ws.close()
+            except (TimeoutError, ConnectionError):
+                if request.transport is not None:
+                    request.transport.abort()
     return ws
 
 

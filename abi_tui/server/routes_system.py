@@ -9,7 +9,13 @@ from aiohttp import web
 from abi_tui.server.openapi import openapi_document
 from abi_tui.server.sse import HEARTBEAT_FRAME, open_sse, sse_frame
 from abi_tui.server.state import state_of
-from abi_tui.server.streaming import heartbeat_seconds
+from abi_tui.server.streaming import (
+    ClientStalled,
+    drop_connection,
+    heartbeat_seconds,
+    write_timeout_seconds,
+    write_within,
+)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -49,23 +55,28 @@ async def events(request: web.Request) -> web.StreamResponse:
     queue = bus.subscribe()
     response = await open_sse(request)
     heartbeat = heartbeat_seconds(request)
+    timeout = write_timeout_seconds(request)
     try:
         since = request.query.get("since")
         if since is not None:
             for event in list(bus.history):
                 if since == "all" or (since.isdigit() and event["id"] > int(since)):
-                    await response.write(sse_frame(event, event=event["type"], event_id=event["id"]))
-        await response.write(sse_frame({"type": "hello", "data": {"version": state.version}}, event="hello"))
+                    await write_within(response, sse_frame(event, event=event["type"], event_id=event["id"]), timeout)
+        await write_within(response, sse_frame({"type": "hello", "data": {"version": state.version}}, event="hello"),
+                           timeout)
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), heartbeat)
             except TimeoutError:
-                await response.write(HEARTBEAT_FRAME)
+                await write_within(response, HEARTBEAT_FRAME, timeout)
                 continue
             batch = [event]
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            await response.write(b"".join(sse_frame(e, event=e["type"], event_id=e["id"]) for e in batch))
+            await write_within(response, b"".join(sse_frame(e, event=e["type"], event_id=e["id"]) for e in batch),
+                               timeout)
+    except ClientStalled:
+        await drop_connection(request, response)  # a subscriber that stopped reading
     except (ConnectionResetError, ConnectionError):
         pass
     finally:

@@ -44,7 +44,7 @@ class TelemetryService:
 async def telemetry(request: web.Request) -> web.Response:
     service: TelemetryService = state_of(request).services["telemetry"]
     raw = request.query.get("history", "60")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise InvalidRequest("'history' must be a number of samples (0-300)", param="history")
     snapshot = service.sampler.snapshot()
     snapshot["history"] = service.sampler.history(min(int(raw), 300)) if int(raw) else []

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
 
 HEARTBEAT_FRAME = b": heartbeat\n\n"
+SSE_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 DONE_FRAME = b"data: [DONE]\n\n"
 
 
@@ -23,15 +25,20 @@ def sse_frame(data: Any, event: str | None = None, event_id: int | None = None) 
         head += f"event: {event}\n"
     if event_id is not None:
         head += f"id: {event_id}\n"
-    # A newline inside data must become a new `data:` line, or the client splits the event.
-    body = "".join(f"data: {line}\n" for line in text.split("\n"))
+    # A line break inside data must become a new `data:` line, or the client splits the event;
+    # SSE breaks lines at CR, LF and CRLF (and only there: JSON keeps U+2028 as a character).
+    body = "".join(f"data: {line}\n" for line in SSE_LINE_BREAK.split(text))
     return (head + body + "\n").encode("utf-8")
 
 
 def parse_sse(text: str) -> list[dict[str, str]]:
     """Parse an SSE byte stream decoded to text (clients and tests use this)."""
     events, current, data = [], {}, []
-    for line in text.splitlines():
+    # Not str.splitlines(): it also breaks at U+2028, U+0085 and others that tokens may hold.
+    lines = SSE_LINE_BREAK.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
+    for line in lines:
         if not line:
             if data or current:
                 current["data"] = "\n".join(data)
