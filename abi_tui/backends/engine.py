@@ -229,7 +229,6 @@ class InferenceEngine:
         """Make `spec` the active model (used at start-up; hot swaps go through admin reload)."""
         name, path = self.resolve_path(spec)
         self.state = "loading"
-        self.publish("model.loading", {"model": name, "path": str(path)})
         try:
             backend = await self.pool.get(name, path, pin=True)
         except AbiError as exc:

@@ -68,7 +68,7 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         route = _route_name(request)
         if state.metrics is not None:
             state.metrics.requests.labels(route=route, status=str(status)).inc()
-        if route not in ("/health", "/metrics"):
+        if route not in ("/health", "/metrics", "/api/requests"):  # pollers would drown the log
             state.request_log.append({"ts": time.time(), "method": request.method, "path": request.path,
                                       "status": status, "ms": round((time.perf_counter() - started) * 1000, 1)})
 

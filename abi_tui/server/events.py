@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 import threading
 import time
 from collections import deque
 from typing import Any
 
 SUBSCRIBER_BUFFER = 1000
+CLOSED = {"type": "server.closing"}  # put in every queue at shutdown: the stream handlers end
 
 
 class EventBus:
@@ -20,6 +22,8 @@ class EventBus:
         self._subscribers: set[asyncio.Queue] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
+        # Event ids restart with the process; clients use the instance to tell a restart apart.
+        self.instance = uuid.uuid4().hex[:12]
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -55,6 +59,13 @@ class EventBus:
         queue: asyncio.Queue = asyncio.Queue(SUBSCRIBER_BUFFER)
         self._subscribers.add(queue)
         return queue
+
+    def close(self) -> None:
+        """End every subscriber's stream (graceful shutdown must not wait on them)."""
+        for queue in list(self._subscribers):
+            while queue.full():
+                queue.get_nowait()
+            queue.put_nowait(CLOSED)
 
     def unsubscribe(self, queue: asyncio.Queue) -> None:
         self._subscribers.discard(queue)

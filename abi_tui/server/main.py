@@ -124,6 +124,7 @@ async def graceful_stop(server: RunningServer) -> None:
     engine = server.app[STATE].engine
     for site in list(server.runner.sites):
         await site.stop()
+    server.app[STATE].events.close()
     deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_S
     while engine.streams and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
@@ -205,6 +206,11 @@ class EmbeddedServer:
             server = await start_server(self.settings, fallback_to_free_port=True, services=self.services)
         except AbiError as exc:
             self.error = exc.message
+            self._ready.set()
+            return
+        except Exception as exc:  # say what broke instead of timing out in start()
+            log.exception("the embedded server failed to start")
+            self.error = f"the embedded server failed to start: {type(exc).__name__}: {exc}"
             self._ready.set()
             return
         self.url = server.url

@@ -149,6 +149,9 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                                   ok_content=_json(OBJECT))},
     "/api/events": {"get": _op("Server events (SSE)", errors=(401,), ok_content=SSE,
                                params=[{"name": "since", "in": "query", "required": False, "schema": STRING}])},
+    "/api/requests": {"get": _op("The recent request log (method, path, status, ms)", errors=(400, 401), params=[
+        {"name": "since", "in": "query", "required": False, "schema": {"type": "number"}}],
+        ok={"type": "object", "required": ["requests"], "properties": {"requests": {"type": "array"}}})},
     "/api/telemetry": {"get": _op("GPU, host and model-pool snapshot with history", errors=(400, 401), params=[
         {"name": "history", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}}])},
     "/api/models": {"get": _op("Cached models", errors=(401,))},

@@ -6,6 +6,8 @@ import asyncio
 
 from aiohttp import web
 
+from abi_tui.errors import InvalidRequest
+from abi_tui.server.events import CLOSED
 from abi_tui.server.openapi import openapi_document
 from abi_tui.server.sse import HEARTBEAT_FRAME, open_sse, sse_frame
 from abi_tui.server.state import state_of
@@ -30,9 +32,10 @@ async def health(request: web.Request) -> web.Response:
         "queued": engine.queued,
         "uptime_s": state.uptime_s,
         "version": state.version,
-        "context_per_request": getattr(backend, "n_ctx_seq", None),
+        "context_per_request": getattr(backend, "n_ctx_seq", None) or state.settings.server.n_ctx,
         "parallel": getattr(backend, "capacity", None),
         "auth": state.auth_mode,
+        "instance": state.events.instance,
     }
     if engine.last_error:
         body["error"] = engine.last_error
@@ -62,17 +65,22 @@ async def events(request: web.Request) -> web.StreamResponse:
             for event in list(bus.history):
                 if since == "all" or (since.isdigit() and event["id"] > int(since)):
                     await write_within(response, sse_frame(event, event=event["type"], event_id=event["id"]), timeout)
-        await write_within(response, sse_frame({"type": "hello", "data": {"version": state.version}}, event="hello"),
-                           timeout)
+        hello = {"type": "hello", "data": {"version": state.version, "instance": bus.instance}}
+        await write_within(response, sse_frame(hello, event="hello"), timeout)
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), heartbeat)
             except TimeoutError:
                 await write_within(response, HEARTBEAT_FRAME, timeout)
                 continue
+            if event is CLOSED:
+                break
             batch = [event]
             while not queue.empty():
-                batch.append(queue.get_nowait())
+                extra = queue.get_nowait()
+                if extra is CLOSED:
+                    break
+                batch.append(extra)
             await write_within(response, b"".join(sse_frame(e, event=e["type"], event_id=e["id"]) for e in batch),
                                timeout)
     except ClientStalled:
@@ -84,7 +92,19 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def requests_log(request: web.Request) -> web.Response:
+    """The recent request log (method, path, status, ms), newest last; `?since=TS` for newer."""
+    raw = request.query.get("since", "0")
+    try:
+        since = float(raw)
+    except ValueError:
+        raise InvalidRequest("'since' must be a timestamp in seconds", param="since") from None
+    entries = [e for e in state_of(request).request_log if e["ts"] > since]
+    return web.json_response({"requests": entries})
+
+
 def setup(app: web.Application) -> None:
+    app.router.add_get("/api/requests", requests_log)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
