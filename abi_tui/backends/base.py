@@ -71,13 +71,26 @@ class Usage:
 class CancelFlag:
     """Checked between tokens by generation threads and tasks; setting it is thread-safe."""
 
-    __slots__ = ("is_set",)
+    __slots__ = ("_callbacks", "is_set")
 
     def __init__(self) -> None:
         self.is_set = False
+        self._callbacks: list[Callable[[], None]] | None = None
 
     def set(self) -> None:
+        if self.is_set:
+            return
         self.is_set = True
+        for callback in self._callbacks or ():
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        """Run `callback` when the flag is set (in the setter's thread): tasks waiting on a timer
+        or a socket stop at once instead of at their next check."""
+        if self.is_set:
+            callback()
+        else:
+            self._callbacks = [*(self._callbacks or ()), callback]
 
 
 class ClientTooSlow(AbiError):

@@ -89,6 +89,7 @@ class MockBackend:
     def start(self, prepared: Prepared, channel: TokenChannel, cancel: CancelFlag) -> None:
         task = asyncio.get_running_loop().create_task(self._run(prepared, channel, cancel))
         channel.extra["task"] = task
+        cancel.on_set(task.cancel)  # a cancel ends a long delay now, not when it runs out
 
     async def _run(self, prepared: Prepared, channel: TokenChannel, cancel: CancelFlag) -> None:
         spec = self.spec
