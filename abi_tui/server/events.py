@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import uuid
 import threading
 import time
+import uuid
 from collections import deque
 from typing import Any
 
