@@ -44,6 +44,8 @@ class ServerConfig:
     pool_memory_budget: int | None = None
     keep_alive_s: float | None = None
     max_body_bytes: int = 1024 * 1024
+    # Tokens from a fast local model reach the socket at most once per this interval.
+    stream_coalesce_ms: float = 1.0
     # A stream whose client accepts no bytes for this long is dropped (0 = never): bounded memory.
     write_timeout_s: float = 30.0
 

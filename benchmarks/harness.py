@@ -158,6 +158,35 @@ def in_process_stream(llama, prompt: str, max_tokens: int) -> StreamTiming:
     return timing
 
 
+def low_level_ceiling(llama, prompt: str, max_tokens: int) -> StreamTiming:
+    """The floor under any server: llama_decode one token at a time with a greedy sampler and no
+    text handling, on the Llama's own context (prefix cache cleared first)."""
+    import llama_cpp as L
+
+    ctx, vocab = llama._ctx.ctx, llama._model.vocab
+    tokens = llama.tokenize(prompt.encode(), add_bos=True)
+    L.llama_memory_clear(L.llama_get_memory(ctx), True)
+    llama.n_tokens = 0
+    sampler = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    L.llama_sampler_chain_add(sampler, L.llama_sampler_init_greedy())
+    array = (L.llama_token * len(tokens))(*tokens)
+    timing = StreamTiming(sent=time.perf_counter())
+    try:
+        L.llama_decode(ctx, L.llama_batch_get_one(array, len(tokens)))
+        one = (L.llama_token * 1)()
+        for _ in range(max_tokens):
+            token = L.llama_sampler_sample(sampler, ctx, -1)
+            timing.arrivals.append(time.perf_counter())
+            if L.llama_vocab_is_eog(vocab, token):
+                break
+            one[0] = token
+            L.llama_decode(ctx, L.llama_batch_get_one(one, 1))
+    finally:
+        L.llama_sampler_free(sampler)
+        L.llama_memory_clear(L.llama_get_memory(ctx), True)
+    return timing
+
+
 def summarize(timings: list[StreamTiming], wall_s: float) -> dict[str, float]:
     itls = [gap for t in timings for gap in t.itls_ms]
     tokens = sum(t.tokens for t in timings)

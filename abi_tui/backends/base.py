@@ -120,10 +120,16 @@ class TokenChannel:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limit: int | None = None,
-                 high_water: int | None = None) -> None:
+                 high_water: int | None = None, coalesce_s: float = 0.0) -> None:
         self._loop = loop
+        # A producer thread faster than this wakes the loop at most once per interval, carrying
+        # every token since: at thousands of tokens a second, one wake-up, write and client
+        # read per token would cost more CPU than the tokens themselves. Slower producers
+        # (a token every few ms) wake it at once, so their latency is untouched.
+        self.coalesce_s = coalesce_s
+        self._last_wake = 0.0
         self._pieces: deque[str] = deque()
-        self._event = asyncio.Event()
+        self._waiter: asyncio.Future | None = None  # the consumer's, while it waits
         self._wake_pending = False
         self.limit = limit or PENDING_LIMIT
         self.high_water = min(high_water or PENDING_HIGH_WATER, self.limit)
@@ -155,6 +161,10 @@ class TokenChannel:
             self._wake_pending = True
             if self._on_loop():
                 self._wake()
+                return
+            early = self._last_wake + self.coalesce_s - time.perf_counter()
+            if early > 0:
+                self._loop.call_soon_threadsafe(self._loop.call_later, early, self._wake)
             else:
                 self._loop.call_soon_threadsafe(self._wake)
 
@@ -205,7 +215,13 @@ class TokenChannel:
 
     def _wake(self) -> None:
         self._wake_pending = False
-        self._event.set()
+        self._last_wake = time.perf_counter()
+        self._release(True)
+
+    def _release(self, ready: bool) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(ready)
 
     def _close(self, finish_reason: str | None, error: AbiError | None) -> None:
         if self.closed:
@@ -216,7 +232,7 @@ class TokenChannel:
         self.finish_reason, self.error, self.closed = finish_reason, error, True
         if self._space is not None:
             self._space.set()
-        self._event.set()
+        self._release(True)
         for callback in self._on_close:
             callback()
 
@@ -228,14 +244,18 @@ class TokenChannel:
         """Wait until pieces are ready or the channel closed; False on timeout."""
         if self._pieces or self.closed:
             return True
+        # One future and one timer per wake-up: asyncio.wait_for would wrap a task around an
+        # Event per token, several times the cost on the token path.
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, self._release, False) if timeout is not None else None
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+            return await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def drain(self) -> list[str]:
-        self._event.clear()
         pieces = []
         while self._pieces:
             pieces.append(self._pieces.popleft())

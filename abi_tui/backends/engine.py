@@ -57,7 +57,8 @@ class Stream:
         self.prepared = prepared
         self.ticket = ticket
         self.cancel_flag = CancelFlag()
-        self.channel = TokenChannel(asyncio.get_running_loop())
+        self.channel = TokenChannel(asyncio.get_running_loop(),
+                                    coalesce_s=engine.settings.server.stream_coalesce_ms / 1000)
         # A client far behind the generation stops it, as a disconnect would (bounded memory).
         self.channel.on_overflow = self.cancel_flag.set
         self.created_at = time.perf_counter()

@@ -77,6 +77,7 @@ class Sequence:
     generated: int = 0
     last_token: int = -1
     row: int = -1
+    fed: list[int] = field(default_factory=list)  # generated tokens already in the KV cache
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     started_at: float = field(default_factory=time.perf_counter)
 
@@ -100,8 +101,12 @@ class LlamaBackend:
         model_params.n_gpu_layers = options.n_gpu_layers if options.n_gpu_layers >= 0 else 999
         ctx_params = L.llama_context_default_params()
         ctx_params.n_seq_max = options.parallel
-        ctx_params.n_ctx = options.n_ctx * options.parallel  # each sequence gets n_ctx cells
-        ctx_params.kv_unified = False
+        # One KV cache shared by the sequences, room for n_ctx each (prepare() holds every request
+        # to n_ctx). Per-sequence caches (kv_unified=False) split a batch whose sequence ids are
+        # not 0..n-1 in order into several graph runs: measured here on gemma, 4 sequences with
+        # ids 7..4 decoded in 60 ms a step instead of 31 ms, 8 in reverse order in 118 ms.
+        ctx_params.n_ctx = options.n_ctx * options.parallel
+        ctx_params.kv_unified = True
         ctx_params.swa_full = False
         ctx_params.n_batch = ctx_params.n_ubatch = options.n_batch
         # Only the last row of each sequence needs logits; the default sizes the output buffer
@@ -120,7 +125,7 @@ class LlamaBackend:
         self.load_ms = (time.perf_counter() - started) * 1000
         self.vocab = self.model.vocab
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
-        self.n_ctx_seq = L.llama_n_ctx_seq(self.ctx.ctx)
+        self.n_ctx_seq = min(options.n_ctx, L.llama_n_ctx_seq(self.ctx.ctx))
         self.n_ctx_total = L.llama_n_ctx(self.ctx.ctx)
         self.n_params = L.llama_model_n_params(self.model.model)
         self.capacity = options.parallel
@@ -136,6 +141,9 @@ class LlamaBackend:
         self._pieces: dict[int, bytes | None] = {}  # token -> text bytes, None for end-of-generation
         self._batch = L.llama_batch_init(options.n_batch, 0, 1)
         self._free_ids = list(range(options.parallel))
+        self._slot_tokens: dict[int, list[int]] = {}  # what each free sequence's cells hold
+        self.n_swa = L.llama_model_n_swa(self.model.model)
+        self.prompt_tokens_reused = 0
         self._incoming: deque[Sequence] = deque()
         self._active: list[Sequence] = []
         self.closed = False
@@ -242,12 +250,14 @@ class LlamaBackend:
             "model": self.name,
             "bytes": self.memory.to_dict(),
             "kv_cells_used": sum(s.n_past for s in active),
+            "kv_cells_cached": sum(len(t) for t in list(self._slot_tokens.values())),
             "kv_cells_capacity": self.n_ctx_total,
             "context_per_request": self.n_ctx_seq,
             "sequences_active": len(active),
             "sequences_max": self.capacity,
             "load_ms": round(self.load_ms, 1),
             "tokens_generated": self.tokens_generated,
+            "prompt_tokens_reused": self.prompt_tokens_reused,
         }
 
     # ----------------------------------------------------------------------------- decode loop
@@ -269,8 +279,8 @@ class LlamaBackend:
         if seq.cancel.is_set:
             seq.channel.close("cancelled")
             return
-        seq.seq_id = self._free_ids.pop()
-        L.llama_memory_seq_rm(self.ctx.memory, seq.seq_id, -1, -1)
+        seq.seq_id, reused = self._pick_slot(seq.tokens)
+        seq.prefilled = seq.n_past = reused
         try:
             seq.sampler = self._build_sampler(seq.prepared.request.params)
         except Exception as exc:
@@ -278,6 +288,37 @@ class LlamaBackend:
             seq.channel.close(None, GenerationError(f"could not set up sampling: {exc}"))
             return
         self._active.append(seq)
+
+    def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
+        """A free sequence id and how many prompt tokens its KV cache already holds.
+
+        Finished sequences keep their cells, so a prompt that repeats an earlier one (a chat
+        sends its whole history every turn) prefills only what is new, as llama-server's
+        prompt cache does. At least the last prompt token is decoded again for its logits."""
+        best, reused = self._free_ids[-1], 0
+        for seq_id in self._free_ids:
+            cached = self._slot_tokens.get(seq_id, ())
+            common = 0
+            for a, b in zip(cached, prompt):
+                if a != b:
+                    break
+                common += 1
+            if common > reused:
+                best, reused = seq_id, common
+        self._free_ids.remove(best)
+        reused = min(reused, len(prompt) - 1)
+        memory = self.ctx.memory
+        if reused > 0 and L.llama_memory_seq_rm(memory, best, reused, -1):
+            # A sliding-window cache may no longer hold the window before `reused`.
+            if L.llama_memory_seq_pos_min(memory, best) > max(0, reused - self.n_swa):
+                reused = 0
+        else:
+            reused = 0
+        if reused == 0:
+            L.llama_memory_seq_rm(memory, best, -1, -1)
+        self._slot_tokens.pop(best, None)
+        self.prompt_tokens_reused += reused
+        return best, reused
 
     def _build_sampler(self, params: SamplingParams) -> Any:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
@@ -323,6 +364,7 @@ class LlamaBackend:
         decoding = [s for s in self._active if not s.prefilling]
         for seq in decoding:  # one token each; never more than n_batch (parallel <= n_batch)
             self._add(seq.last_token, seq.n_past, seq.seq_id, True)
+            seq.fed.append(seq.last_token)
             seq.row = batch.n_tokens - 1
             seq.n_past += 1
             budget -= 1
@@ -392,7 +434,10 @@ class LlamaBackend:
             L.llama_sampler_free(seq.sampler)
             seq.sampler = None
         if seq.seq_id >= 0:
-            L.llama_memory_seq_rm(self.ctx.memory, seq.seq_id, -1, -1)  # free its cells at once
+            if reason in ("stop", "length"):  # keep the cells: the next turn may share the prefix
+                self._slot_tokens[seq.seq_id] = (seq.tokens + seq.fed)[: seq.n_past]
+            else:  # cancelled or failed: free its cells at once
+                L.llama_memory_seq_rm(self.ctx.memory, seq.seq_id, -1, -1)
             self._free_ids.append(seq.seq_id)
             seq.seq_id = -1
         seq.channel.close(reason, error)

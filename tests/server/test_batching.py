@@ -68,3 +68,24 @@ async def test_context_share_in_health_and_pool(app_server, tiny_model):
     stats = server.state.engine.pool.stats()["models"][0]
     assert stats["context_per_request"] == 256 and stats["kv_cells_capacity"] == 768
     assert stats["sequences_max"] == 3
+
+
+async def test_prompt_prefix_is_reused_and_answers_do_not_change(app_server, tiny_model):
+    """A second turn that repeats the first prefills only what is new, and answers exactly as a
+    fresh llama.cpp context does."""
+    from llama_cpp import Llama
+
+    from tiny_gguf import LLAMA_KWARGS
+
+    server = await app_server(model=str(tiny_model), parallel=2, threads=1)
+    backend = server.state.engine.active_backend()
+    first_prompt = "The first turn of a conversation."
+    async with aiohttp.ClientSession(server.url) as session:
+        first = await complete(session, first_prompt, max_tokens=16)
+        assert backend.prompt_tokens_reused == 0
+        second_prompt = first_prompt + first + " And the second turn."
+        second = await complete(session, second_prompt, max_tokens=16)
+    assert backend.prompt_tokens_reused >= len(first_prompt.encode()) + 16  # one token per byte
+    fresh = Llama(model_path=str(tiny_model), n_ctx=512, **LLAMA_KWARGS)
+    expected = fresh.create_completion(second_prompt, max_tokens=16, temperature=0)["choices"][0]["text"]
+    assert second == expected
