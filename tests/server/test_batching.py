@@ -74,7 +74,6 @@ async def test_prompt_prefix_is_reused_and_answers_do_not_change(app_server, tin
     """A second turn that repeats the first prefills only what is new, and answers exactly as a
     fresh llama.cpp context does."""
     from llama_cpp import Llama
-
     from tiny_gguf import LLAMA_KWARGS
 
     server = await app_server(model=str(tiny_model), parallel=2, threads=1)
