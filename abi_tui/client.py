@@ -388,23 +388,27 @@ class AbiClient:
         body = await self.request("GET", f"/api/telemetry?history={int(history)}")
         return body if isinstance(body, dict) else {}
 
-    async def metrics_text(self) -> str:
+    async def _get_text(self, path: str, what: str) -> str:
+        """GET a text (not JSON) resource; errors arrive as the usual OpenAI error objects."""
         import aiohttp  # deferred: `abi dash` paints its first frame before it needs the network
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         try:
-            async with self.session.get(self.url + "/metrics", headers=self._headers(), timeout=timeout) as response:
+            async with self.session.get(self.url + path, headers=self._headers(),
+                                        timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as response:
                 text = await response.text()
                 if response.status >= 400:
                     try:
                         body = json.loads(text)
                     except ValueError:
                         body = None
-                    raise error_from_body(response.status, body, f"GET /metrics failed: {response.status}")
+                    raise error_from_body(response.status, body, f"{what} failed: {response.status}")
                 return text
         except ClientError:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._unreachable(exc) from None
+
+    async def metrics_text(self) -> str:
+        return await self._get_text("/metrics", "GET /metrics")
 
     async def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
         return parse_prometheus(await self.metrics_text())
@@ -653,23 +657,7 @@ class AbiClient:
 
     async def export_conversation(self, conversation_id: str) -> str:
         """The conversation as Markdown (the server's export: titles, personas, routing, timings)."""
-        import aiohttp  # deferred: `abi dash` paints its first frame before it needs the network
-        path = f"/api/v1/conversations/{quote(conversation_id, safe='')}/export"
-        try:
-            async with self.session.get(self.url + path, headers=self._headers(),
-                                        timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as response:
-                text = await response.text()
-                if response.status >= 400:
-                    try:
-                        body = json.loads(text)
-                    except ValueError:
-                        body = None
-                    raise error_from_body(response.status, body, f"export failed: {response.status}")
-                return text
-        except ClientError:
-            raise
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise self._unreachable(exc) from None
+        return await self._get_text(f"/api/v1/conversations/{quote(conversation_id, safe='')}/export", "export")
 
 
 class ChatStream:

@@ -10,16 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
+from abi_tui.models.units import human_bytes  # one way to write sizes, CLI and UI alike
 
 
 def human_count(n: int | None) -> str:
