@@ -5,12 +5,12 @@ imports llama.cpp; the UI path must not), then follows it through `AbiClient` ex
 `abi dash --connect URL` follows a remote one: /health every second, /api/events for
 everything else, reconnecting with backoff when the server goes away.
 
-Pane contract (for the Chat, GPU and Bench panes to come)
-----------------------------------------------------------
+Pane contract
+-------------
 - One module per pane, `abi_tui/screens/<pane>.py`, defining a `Pane` subclass
   (`abi_tui/screens/base.py` documents the hooks: `server_status`, `server_event`,
-  `pane_shown`, `self.client`, `self.fmt`). Replacing a placeholder means replacing that
-  module's class; `PANES` below names module and class, so nothing else here changes.
+  `pane_shown`, `self.client`, `self.fmt`). `PANES` below names module and class, so a new
+  pane changes nothing else here.
 - Each Binding has an id `<pane>-<action>` (remappable in `[keys]`) and shows in `?` help;
   `COMMANDS` on the class puts pane actions into the command palette.
 - All I/O in workers through `self.client`; never block the UI loop.

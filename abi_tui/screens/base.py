@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from textual.app import ComposeResult
 from textual.containers import Container
-from textual.widgets import Static
 
 from abi_tui.client import AbiClient, ServerEvent
 from abi_tui.widgets.format import Formatter
@@ -66,27 +64,3 @@ class Pane(Container):
 
     def pane_shown(self) -> None:
         """This pane became the visible one."""
-
-
-class PlaceholderPane(Pane):
-    """A pane whose issue has not landed yet: says what will be here and which issue fills it."""
-
-    ISSUE: ClassVar[int] = 0
-    SUMMARY: ClassVar[str] = ""
-
-    DEFAULT_CSS = """
-    PlaceholderPane {
-        align: center middle;
-    }
-    PlaceholderPane > .placeholder {
-        width: 72;
-        height: auto;
-        border: round $primary;
-        padding: 1 2;
-        color: $text-muted;
-    }
-    """
-
-    def compose(self) -> ComposeResult:
-        yield Static(f"[b]{self.TITLE}[/b]\n\n{self.SUMMARY}\n\n[i]This pane is filled by issue {self.ISSUE}.[/i]",
-                     classes="placeholder")
