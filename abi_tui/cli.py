@@ -61,6 +61,8 @@ SERVER_FLAGS: dict[str, tuple[str, dict]] = {
     "server.n_gpu_layers": ("--n-gpu-layers", {"type": int, "help": "layers offloaded to the GPU, -1 = all"}),
     "server.threads": ("--threads", {"type": positive_int, "help": "CPU threads for generation"}),
     "server.parallel": ("--parallel", {"type": positive_int, "help": "sequences decoded together per model (4)"}),
+    "server.flash_attn": ("--flash-attn", {"choices": ("auto", "on", "off"),
+                                           "help": "llama.cpp flash attention (auto: llama.cpp decides)"}),
 }
 
 

@@ -40,6 +40,9 @@ class ServerConfig:
     threads: int | None = None
     # Sequences decoded together in one llama.cpp context (continuous batching).
     parallel: int = 4
+    # llama.cpp's flash attention: "auto" lets llama.cpp decide (on for the CPU). Measured here
+    # on the CPU: 3-15% faster on gemma-3 (head size 256), 36% slower on the tiny test model.
+    flash_attn: str = "auto"
     max_loaded_models: int = 2
     pool_memory_budget: int | None = None
     keep_alive_s: float | None = None
@@ -124,6 +127,7 @@ SECTIONS: dict[str, type] = {
     "vector_store": VectorStoreConfig,
 }
 FREE_TABLES = ("keys", "endpoints")
+CHOICES = {"server.flash_attn": ("auto", "on", "off")}
 ENV_ALIASES = {"server.token": "ABI_API_TOKEN", "models.dir": "ABI_MODELS_DIR"}
 
 
@@ -167,6 +171,14 @@ def coerce(value: Any, kind: type, where: str) -> Any:
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def checked(dotted: str, value: Any, where: str) -> Any:
+    """A setting with a fixed set of values (CHOICES) holds one of them."""
+    choices = CHOICES.get(dotted)
+    if choices is not None and value is not None and value not in choices:
+        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -235,7 +247,7 @@ def load_settings(
             where = f"{path}: line {_line_of(text, section, key) or '?'}, key {section}.{key}"
             if key not in names:
                 raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
-            setattr(target, key, coerce(value, _field_type(cls, key), where))
+            setattr(target, key, checked(f"{section}.{key}", coerce(value, _field_type(cls, key), where), where))
 
     for section, cls in SECTIONS.items():
         target = getattr(settings, section)
@@ -243,9 +255,11 @@ def load_settings(
             dotted = f"{section}.{f.name}"
             name = env_name(dotted)
             if name in env:
-                setattr(target, f.name, coerce(env[name], _field_type(cls, f.name), f"environment {name}"))
+                where = f"environment {name}"
+                setattr(target, f.name, checked(dotted, coerce(env[name], _field_type(cls, f.name), where), where))
             if overrides and overrides.get(dotted) is not None:
-                setattr(target, f.name, coerce(overrides[dotted], _field_type(cls, f.name), f"--{f.name.replace('_', '-')}"))
+                where = f"--{f.name.replace('_', '-')}"
+                setattr(target, f.name, checked(dotted, coerce(overrides[dotted], _field_type(cls, f.name), where), where))
     return settings
 
 

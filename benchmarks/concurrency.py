@@ -21,8 +21,10 @@ from harness import (
     HEADER,
     StreamTiming,
     abi_server,
+    add_flash_attn_flag,
     gemma_path,
     llama_cpp_server,
+    local_llama,
     row,
     summarize,
     tiny_path,
@@ -80,11 +82,9 @@ def in_process(llama, level: int, tokens: int, ban: int | None) -> tuple[list[St
     return timings, time.perf_counter() - sent
 
 
-def measure(name: str, path, threads: int, levels: list[int], tokens: int, ban: int | None) -> dict:
-    from llama_cpp import Llama
-
+def measure(name: str, path, threads: int, levels: list[int], tokens: int, ban: int | None, flash_attn: bool) -> dict:
     results: dict[tuple[str, int], dict] = {}
-    llama = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llama = local_llama(path, threads=threads, flash_attn=flash_attn)
     in_process(llama, 1, 8, ban)
     for level in levels:
         timings, wall = in_process(llama, level, tokens, ban)
@@ -92,8 +92,8 @@ def measure(name: str, path, threads: int, levels: list[int], tokens: int, ban: 
     del llama
     top = max(levels)
     agree = None
-    for label, server in (("abi", abi_server(path, threads=threads, parallel=top, n_ctx=1024)),
-                          ("llama_cpp.server", llama_cpp_server(path, threads=threads))):
+    for label, server in (("abi", abi_server(path, threads=threads, flash_attn=flash_attn, parallel=top, n_ctx=1024)),
+                          ("llama_cpp.server", llama_cpp_server(path, threads=threads, flash_attn=flash_attn))):
         with server as url:
             asyncio.run(concurrent(url, 1, 8, ban))  # warm-up
             for level in levels:
@@ -105,7 +105,7 @@ def measure(name: str, path, threads: int, levels: list[int], tokens: int, ban: 
                 solo = [asyncio.run(concurrent_prompt(url, PROMPTS[i % len(PROMPTS)], tokens, ban)).text
                         for i in range(top)]
                 agree = sum(a == b for a, b in zip(batched, solo))
-    print(f"\n{name} (threads={threads}, {tokens} tokens per stream)")
+    print(f"\n{name} (threads={threads}, {tokens} tokens per stream, flash attention {'on' if flash_attn else 'off'})")
     print(HEADER)
     for level in levels:
         for label in ("in-process", "abi", "llama_cpp.server"):
@@ -138,13 +138,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--only", choices=("gemma", "tiny"))
     parser.add_argument("--levels", default="1,2,4,8")
+    add_flash_attn_flag(parser)
     args = parser.parse_args()
+    flash_attn = args.flash_attn == "on"
     levels = [int(x) for x in args.levels.split(",")]
     if args.only in (None, "gemma"):
-        data = measure("gemma", gemma_path(), 2, levels, args.tokens, ban=1)
+        data = measure("gemma", gemma_path(), 2, levels, args.tokens, ban=1, flash_attn=flash_attn)
         report("gemma", data, levels)
     if args.only in (None, "tiny"):
-        data = measure("tiny", tiny_path(), 1, levels, max(args.tokens, 512), ban=None)
+        data = measure("tiny", tiny_path(), 1, levels, max(args.tokens, 512), ban=None, flash_attn=flash_attn)
         report("tiny", data, levels)
 
 

@@ -2,6 +2,11 @@
 
 Every server is measured by the same client (aiohttp, SSE from /v1/completions) so the ratios
 compare servers, not clients. Run from the repository root: `python benchmarks/NAME.py`.
+
+Flash attention: llama-cpp-python (`Llama`, `llama_cpp.server`) leaves it off by default; abi's
+default (`auto`) lets llama.cpp turn it on for the CPU. It changes the kernel itself (measured
+here: gemma-3 3-15% faster with it, the tiny test model 36% slower), so every server and the
+in-process baselines of one run get the same setting (`--flash-attn`, default off).
 """
 
 from __future__ import annotations
@@ -86,8 +91,12 @@ def wait_ready(url: str, process: subprocess.Popen, path: str = "/health", timeo
 
 
 @contextmanager
-def abi_server(model: Path, *, threads: int, parallel: int = 4, n_ctx: int = 2048, extra: tuple[str, ...] = ()):
+def abi_server(model: Path, *, threads: int, flash_attn: bool | None = None, parallel: int = 4, n_ctx: int = 2048,
+               extra: tuple[str, ...] = ()):
+    """`abi dash --serve` in its own process; flash_attn None keeps abi's default (auto)."""
     port = free_port()
+    if flash_attn is not None:
+        extra = ("--flash-attn", "on" if flash_attn else "off", *extra)
     home = tempfile.mkdtemp(prefix="abi-bench-")
     command = [sys.executable, "-m", "abi_tui.cli", "dash", "--serve", "--port", str(port), "--model", str(model),
                "--threads", str(threads), "--parallel", str(parallel), "--n-ctx", str(n_ctx), *extra]
@@ -103,12 +112,12 @@ def abi_server(model: Path, *, threads: int, parallel: int = 4, n_ctx: int = 204
 
 
 @contextmanager
-def llama_cpp_server(model: Path, *, threads: int, n_ctx: int = 2048):
+def llama_cpp_server(model: Path, *, threads: int, flash_attn: bool, n_ctx: int = 2048):
     """llama-cpp-python's own server, as its users run it for streaming."""
     port = free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
                "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
-               "--interrupt_requests", "False", "--verbose", "False"]
+               "--flash_attn", str(flash_attn), "--interrupt_requests", "False", "--verbose", "False"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -145,6 +154,20 @@ async def run_concurrent(url: str, prompt: str, max_tokens: int, concurrency: in
         timings = await asyncio.gather(*[stream_completion(session, url, prompt, max_tokens, model)
                                          for _ in range(concurrency)])
         return list(timings), time.perf_counter() - started
+
+
+def local_llama(model: Path, *, threads: int, flash_attn: bool, n_ctx: int = 2048):
+    """llama-cpp-python in this process: the in-process baseline and the low-level ceiling."""
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(model), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                 flash_attn=flash_attn, verbose=False)
+
+
+def add_flash_attn_flag(parser) -> None:
+    parser.add_argument("--flash-attn", choices=("on", "off"), default="off",
+                        help="flash attention for every server and baseline of the run (default off, "
+                             "llama-cpp-python's default)")
 
 
 def in_process_stream(llama, prompt: str, max_tokens: int) -> StreamTiming:

@@ -14,9 +14,11 @@ import asyncio
 from harness import (
     HEADER,
     abi_server,
+    add_flash_attn_flag,
     gemma_path,
     in_process_stream,
     llama_cpp_server,
+    local_llama,
     low_level_ceiling,
     row,
     run_concurrent,
@@ -33,15 +35,14 @@ def best_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return ordered[len(ordered) // 2]
 
 
-def measure(name: str, path, threads: int, runs: int, tokens: int) -> dict[str, dict[str, float]]:
+def measure(name: str, path, threads: int, runs: int, tokens: int, flash_attn: bool) -> dict[str, dict[str, float]]:
     """Runs of the three interleaved (in-process, abi, llama_cpp.server, again...), so drift in
     the machine's load lands on all three alike."""
-    from llama_cpp import Llama
-
     samples: dict[str, list[dict[str, float]]] = {"low-level ceiling": [], "in-process": [], "abi": [],
                                                   "llama_cpp.server": []}
-    llama = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
-    with abi_server(path, threads=threads) as abi_url, llama_cpp_server(path, threads=threads) as cpp_url:
+    llama = local_llama(path, threads=threads, flash_attn=flash_attn)
+    with (abi_server(path, threads=threads, flash_attn=flash_attn) as abi_url,
+          llama_cpp_server(path, threads=threads, flash_attn=flash_attn) as cpp_url):
         in_process_stream(llama, PROMPT, 8)  # warm-ups
         for url in (abi_url, cpp_url):
             asyncio.run(run_concurrent(url, PROMPT, 8, 1))
@@ -54,7 +55,8 @@ def measure(name: str, path, threads: int, runs: int, tokens: int) -> dict[str, 
                 timings, wall = asyncio.run(run_concurrent(url, PROMPT, tokens, 1))
                 samples[label].append(summarize(timings, wall))
     results = {label: best_of(runs_) for label, runs_ in samples.items()}
-    print(f"\n{name} (threads={threads}, {tokens} tokens, median of {runs} interleaved runs)")
+    print(f"\n{name} (threads={threads}, {tokens} tokens, median of {runs} interleaved runs, "
+          f"flash attention {'on' if flash_attn else 'off'})")
     print(HEADER)
     for label, stats in results.items():
         print(row(label, stats))
@@ -67,15 +69,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--only", choices=("gemma", "tiny"))
     parser.add_argument("--tiny-tokens", type=int, default=512)
+    add_flash_attn_flag(parser)
     args = parser.parse_args()
+    flash_attn = args.flash_attn == "on"
     if args.only in (None, "gemma"):
-        gemma = measure("gemma-3-270m Q4_K_M", gemma_path(), 2, args.runs, args.tokens)
+        gemma = measure("gemma-3-270m Q4_K_M", gemma_path(), 2, args.runs, args.tokens, flash_attn)
         ratio = gemma["abi"]["per_stream_tok_s"] / gemma["in-process"]["per_stream_tok_s"]
         print(f"gemma: abi / in-process tok/s = {ratio:.3f} (target >= 0.95)")
         ratio = gemma["abi"]["per_stream_tok_s"] / gemma["llama_cpp.server"]["per_stream_tok_s"]
         print(f"gemma: abi / llama_cpp.server tok/s = {ratio:.3f}")
     if args.only in (None, "tiny"):
-        tiny = measure("tiny random model", tiny_path(), 1, args.runs, args.tiny_tokens)
+        tiny = measure("tiny random model", tiny_path(), 1, args.runs, args.tiny_tokens, flash_attn)
         ratio = tiny["abi"]["per_stream_tok_s"] / tiny["llama_cpp.server"]["per_stream_tok_s"]
         print(f"tiny: abi / llama_cpp.server tok/s = {ratio:.2f} (target >= 3)")
         ratio = tiny["abi"]["per_stream_tok_s"] / tiny["in-process"]["per_stream_tok_s"]

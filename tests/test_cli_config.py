@@ -37,6 +37,7 @@ def test_help_everywhere(args):
     (["dash", "--serve", "--port", "70000"], "port number"),
     (["dash", "--serve", "--max-streams", "0"], "positive integer"),
     (["dash", "--serve", "--connect", "http://x"], "not allowed with argument"),
+    (["dash", "--serve", "--flash-attn", "fast"], "invalid choice: 'fast'"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, needle):
@@ -56,6 +57,10 @@ def test_malformed_config_names_file_line_and_key(abi_home):
     result = abi("dash", "--serve")
     assert result.returncode == 2 and "line 3" in result.stderr and "max_queue" in result.stderr
     assert "Traceback" not in result.stderr
+    (abi_home / "config.toml").write_text('[server]\nport = 80\n\nflash_attn = "fast"\n')
+    result = abi("dash", "--serve")
+    assert result.returncode == 2 and "line 4" in result.stderr and "server.flash_attn" in result.stderr
+    assert "expected one of auto, on, off, got 'fast'" in result.stderr
     (abi_home / "config.toml").write_text('[servre]\nport = 80\n')
     result = abi("dash", "--serve")
     assert result.returncode == 2 and "unknown section" in result.stderr
@@ -70,6 +75,9 @@ def test_precedence_flag_over_env_over_file_over_default(abi_home):
     assert load_settings(env=env).server.max_queue == 20
     settings = load_settings({"server.max_queue": 30}, env=env)
     assert settings.server.max_queue == 30 and settings.server.heartbeat_ms == 500
+    assert load_settings(env={**env, "ABI_FLASH_ATTN": "off"}).server.flash_attn == "off"
+    with pytest.raises(ConfigError, match="ABI_FLASH_ATTN: expected one of"):
+        load_settings(env={**env, "ABI_FLASH_ATTN": "yes"})
     with pytest.raises(ConfigError, match="ABI_MAX_QUEUE"):
         load_settings(env={**env, "ABI_MAX_QUEUE": "lots"})
     env["ABI_API_TOKEN"] = "t"

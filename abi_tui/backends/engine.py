@@ -173,7 +173,8 @@ class InferenceEngine:
         self.publish: Publish = publish or (lambda kind, data: None)
         self.scheduler = Scheduler(server.max_streams, server.max_queue)
         self.options = LlamaOptions(n_ctx=server.n_ctx, parallel=server.parallel,
-                                    n_gpu_layers=server.n_gpu_layers, threads=server.threads)
+                                    n_gpu_layers=server.n_gpu_layers, threads=server.threads,
+                                    flash_attn=server.flash_attn)
         self.pool = ModelPool(self.options, max_loaded=server.max_loaded_models,
                               budget_bytes=server.pool_memory_budget, keep_alive_s=server.keep_alive_s,
                               publish=self._publish, is_busy=self._is_busy)

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 LOAD_LOCK = threading.Lock()  # llama.cpp logs globally: one load at a time keeps sizes attributable
 INLINE_TOKENIZE_CHARS = 16_000  # longer prompts are tokenized on a worker thread
 PENALTY_LAST_N = 64
+FLASH_ATTN = {"auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+              "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED}
 
 
 @dataclass
@@ -61,6 +63,7 @@ class LlamaOptions:
     n_gpu_layers: int = -1
     threads: int | None = None
     n_batch: int = 512
+    flash_attn: str = "auto"  # auto | on | off (config.CHOICES)
 
 
 @dataclass(eq=False)
@@ -113,6 +116,7 @@ class LlamaBackend:
         # for n_batch rows of the vocabulary (512 MiB on gemma-3's 262k vocabulary).
         ctx_params.n_outputs_max = options.parallel
         ctx_params.n_threads = ctx_params.n_threads_batch = threads
+        ctx_params.flash_attn_type = FLASH_ATTN[options.flash_attn]
         with LOAD_LOCK, LLAMA_LOG.capture() as lines:
             try:
                 self.model = internals.LlamaModel(path_model=str(self.path), params=model_params, verbose=True)

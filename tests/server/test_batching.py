@@ -88,3 +88,15 @@ async def test_prompt_prefix_is_reused_and_answers_do_not_change(app_server, tin
     fresh = Llama(model_path=str(tiny_model), n_ctx=512, **LLAMA_KWARGS)
     expected = fresh.create_completion(second_prompt, max_tokens=16, temperature=0)["choices"][0]["text"]
     assert second == expected
+
+
+async def test_flash_attention_setting_reaches_llama_cpp(app_server, tiny_model):
+    """`--flash-attn off` builds the attention without llama.cpp's fused kernel: the scores matrix
+    it then materializes shows in the compute buffer llama.cpp reports; greedy answers still come."""
+    compute = {}
+    for setting in ("on", "off"):
+        server = await app_server(model=str(tiny_model), parallel=2, n_ctx=256, threads=1, flash_attn=setting)
+        compute[setting] = server.state.engine.pool.stats()["models"][0]["bytes"]["compute"]
+        async with aiohttp.ClientSession(server.url) as session:
+            assert await complete(session, "alpha beta", max_tokens=8)
+    assert compute["off"] > 2 * compute["on"], compute
