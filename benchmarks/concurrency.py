@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import time
 
-import aiohttp
 from harness import (
     HEADER,
     StreamTiming,
@@ -26,6 +25,7 @@ from harness import (
     llama_cpp_server,
     local_llama,
     row,
+    run_concurrent,
     summarize,
     tiny_path,
 )
@@ -37,43 +37,17 @@ PROMPTS = [
 ]
 
 
-async def stream(session: aiohttp.ClientSession, url: str, prompt: str, tokens: int, ban: int | None,
-                 sent: float) -> StreamTiming:
-    import json
-
-    body = {"model": "default", "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True}
-    if ban is not None:
-        body["logit_bias"] = {str(ban): -100}
-    timing = StreamTiming(sent=sent)
-    async with session.post(f"{url}/v1/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.content:
-            if line.startswith(b"data: {"):
-                now = time.perf_counter()
-                chunk = json.loads(line[6:])
-                text = chunk["choices"][0]["text"] if chunk.get("choices") else ""
-                if text:
-                    timing.arrivals.append(now)
-                    timing.text += text
-    return timing
-
-
-async def concurrent(url: str, level: int, tokens: int, ban: int | None) -> tuple[list[StreamTiming], float]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     timeout=aiohttp.ClientTimeout(total=900)) as session:
-        sent = time.perf_counter()
-        timings = await asyncio.gather(*[stream(session, url, PROMPTS[i % len(PROMPTS)], tokens, ban, sent)
-                                         for i in range(level)])
-        return list(timings), time.perf_counter() - sent
+def prompts(level: int) -> list[str]:
+    return [PROMPTS[i % len(PROMPTS)] for i in range(level)]
 
 
 def in_process(llama, level: int, tokens: int, ban: int | None) -> tuple[list[StreamTiming], float]:
     sent = time.perf_counter()
     timings = []
     bias = {ban: -100.0} if ban is not None else None
-    for i in range(level):
+    for prompt in prompts(level):
         timing = StreamTiming(sent=sent)
-        for chunk in llama.create_completion(PROMPTS[i % len(PROMPTS)], max_tokens=tokens, temperature=0,
+        for chunk in llama.create_completion(prompt, max_tokens=tokens, temperature=0,
                                              stream=True, logit_bias=bias):
             if chunk["choices"][0]["text"]:
                 timing.arrivals.append(time.perf_counter())
@@ -95,15 +69,14 @@ def measure(name: str, path, threads: int, levels: list[int], tokens: int, ban: 
     for label, server in (("abi", abi_server(path, threads=threads, flash_attn=flash_attn, parallel=top, n_ctx=1024)),
                           ("llama_cpp.server", llama_cpp_server(path, threads=threads, flash_attn=flash_attn))):
         with server as url:
-            asyncio.run(concurrent(url, 1, 8, ban))  # warm-up
+            asyncio.run(run_concurrent(url, prompts(1), 8, ban=ban))  # warm-up
             for level in levels:
-                timings, wall = asyncio.run(concurrent(url, level, tokens, ban))
+                timings, wall = asyncio.run(run_concurrent(url, prompts(level), tokens, ban=ban))
                 results[(label, level)] = summarize(timings, wall)
                 if label == "abi" and level == top:
                     batched = [t.text for t in timings]
             if label == "abi":  # each prompt alone, to compare with the batched answers
-                solo = [asyncio.run(concurrent_prompt(url, PROMPTS[i % len(PROMPTS)], tokens, ban)).text
-                        for i in range(top)]
+                solo = [asyncio.run(run_concurrent(url, [prompt], tokens, ban=ban))[0][0].text for prompt in prompts(top)]
                 agree = sum(a == b for a, b in zip(batched, solo))
     print(f"\n{name} (threads={threads}, {tokens} tokens per stream, flash attention {'on' if flash_attn else 'off'})")
     print(HEADER)
@@ -112,11 +85,6 @@ def measure(name: str, path, threads: int, levels: list[int], tokens: int, ban: 
             print(row(f"{label} c={level}", results[(label, level)]))
     print(f"{name}: {agree} of {top} batched greedy streams match their solo run exactly")
     return results
-
-
-async def concurrent_prompt(url: str, prompt: str, tokens: int, ban: int | None) -> StreamTiming:
-    async with aiohttp.ClientSession() as session:
-        return await stream(session, url, prompt, tokens, ban, time.perf_counter())
 
 
 def report(name: str, r: dict, levels: list[int]) -> None:

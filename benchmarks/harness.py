@@ -128,10 +128,13 @@ def llama_cpp_server(model: Path, *, threads: int, flash_attn: bool, n_ctx: int 
         process.wait(30)
 
 
-async def stream_completion(session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int,
-                            model: str = "default") -> StreamTiming:
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
-    timing = StreamTiming(sent=time.perf_counter())
+async def stream_completion(session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int, *,
+                            ban: int | None = None, sent: float | None = None) -> StreamTiming:
+    """One greedy /v1/completions SSE stream; `ban` a token id (EOS: every stream runs max_tokens)."""
+    body: dict = {"model": "default", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    if ban is not None:
+        body["logit_bias"] = {str(ban): -100}
+    timing = StreamTiming(sent=time.perf_counter() if sent is None else sent)
     async with session.post(f"{url}/v1/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.content:
@@ -146,14 +149,15 @@ async def stream_completion(session: aiohttp.ClientSession, url: str, prompt: st
     return timing
 
 
-async def run_concurrent(url: str, prompt: str, max_tokens: int, concurrency: int, model: str = "default"
+async def run_concurrent(url: str, prompts: list[str], max_tokens: int, *, ban: int | None = None
                          ) -> tuple[list[StreamTiming], float]:
+    """One stream per prompt, all sent at once; returns their timings and the wall time."""
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
-        started = time.perf_counter()
-        timings = await asyncio.gather(*[stream_completion(session, url, prompt, max_tokens, model)
-                                         for _ in range(concurrency)])
-        return list(timings), time.perf_counter() - started
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=900)) as session:
+        sent = time.perf_counter()
+        timings = await asyncio.gather(*[stream_completion(session, url, prompt, max_tokens, ban=ban, sent=sent)
+                                         for prompt in prompts])
+        return list(timings), time.perf_counter() - sent
 
 
 def local_llama(model: Path, *, threads: int, flash_attn: bool, n_ctx: int = 2048):

@@ -45,14 +45,14 @@ def measure(name: str, path, threads: int, runs: int, tokens: int, flash_attn: b
           llama_cpp_server(path, threads=threads, flash_attn=flash_attn) as cpp_url):
         in_process_stream(llama, PROMPT, 8)  # warm-ups
         for url in (abi_url, cpp_url):
-            asyncio.run(run_concurrent(url, PROMPT, 8, 1))
+            asyncio.run(run_concurrent(url, [PROMPT], 8))
         for _ in range(runs):
             timing = low_level_ceiling(llama, PROMPT, tokens)
             samples["low-level ceiling"].append(summarize([timing], timing.end - timing.sent))
             timing = in_process_stream(llama, PROMPT, tokens)
             samples["in-process"].append(summarize([timing], timing.end - timing.sent))
             for label, url in (("abi", abi_url), ("llama_cpp.server", cpp_url)):
-                timings, wall = asyncio.run(run_concurrent(url, PROMPT, tokens, 1))
+                timings, wall = asyncio.run(run_concurrent(url, [PROMPT], tokens))
                 samples[label].append(summarize(timings, wall))
     results = {label: best_of(runs_) for label, runs_ in samples.items()}
     print(f"\n{name} (threads={threads}, {tokens} tokens, median of {runs} interleaved runs, "

@@ -11,35 +11,11 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from abi_tui.bench.figures import LATENCY_ROWS, dig, num
 from abi_tui.bench.results import BenchResult, ScenarioResult
 from abi_tui.bench.stats import PERCENTILES, request_metrics
 
 COLUMNS = ("min", "mean", *(f"p{p}" for p in PERCENTILES), "max")
-# Short labels: the table must fit an 80-column terminal; the definitions say what each is.
-LATENCY_ROWS = (("TTFT", ("ttft_ms",)), ("ITL", ("itl_ms",)), ("TPOT", ("tpot_ms",)), ("E2E", ("e2e_ms",)),
-                ("server TTFT", ("server", "ttft_ms")), ("server total", ("server", "total_ms")),
-                ("TTFT gap c-s", ("server", "ttft_gap_ms")), ("E2E gap c-s", ("server", "e2e_gap_ms")),
-                ("ITL overhead", ("pipeline_overhead", "itl_diff_ms")),
-                ("TTFT overhead", ("pipeline_overhead", "ttft_diff_ms")),
-                ("schedule lag", ("schedule_lag_ms",)))
-
-
-def _get(data: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
-def _num(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "N/A"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}"
-
-
 def latency_table(scenario: ScenarioResult) -> Table:
     table = Table(title=f"{scenario.name} — latency in ms ({scenario.load.describe()})", title_justify="left")
     table.add_column("metric", no_wrap=True)
@@ -47,9 +23,9 @@ def latency_table(scenario: ScenarioResult) -> Table:
     for column in COLUMNS:
         table.add_column(column, justify="right")
     for label, path in LATENCY_ROWS:
-        dist = _get(scenario.summary, path)
+        dist = dig(scenario.summary, *path)
         if dist:
-            table.add_row(label, str(dist["count"]), *(_num(dist[c]) for c in COLUMNS))
+            table.add_row(label, str(dist["count"]), *(num(dist[c]) for c in COLUMNS))
     return table
 
 
@@ -67,11 +43,11 @@ def summary_table(result: BenchResult) -> Table:
         energy = scenario.energy or {}
         table.add_row(
             scenario.name, f"{s['requests']['completed']}/{s['requests']['errors']}",
-            _num(s.get("requests_per_s"), 1), _num(s.get("output_tokens_per_s"), 0),
-            _num(_get(s, ("ttft_ms", "p50"))), _num(_get(s, ("itl_ms", "p50"))), _num(_get(s, ("itl_ms", "p99"))),
+            num(s.get("requests_per_s"), 1), num(s.get("output_tokens_per_s"), 0),
+            num(dig(s, "ttft_ms", "p50")), num(dig(s, "itl_ms", "p50")), num(dig(s, "itl_ms", "p99")),
             f"{goodput['fraction']:.0%}" if goodput and goodput.get("fraction") is not None else "-",
-            _num(overhead.get("itl_ms"), 3) if overhead.get("available") else "N/A",
-            _num(energy.get("tokens_per_joule"), 2) if energy.get("available") else "N/A",
+            num(overhead.get("itl_ms"), 3) if overhead.get("available") else "N/A",
+            num(energy.get("tokens_per_joule"), 2) if energy.get("available") else "N/A",
         )
     return table
 
@@ -81,11 +57,11 @@ def encoding_table(encoding: dict[str, Any]) -> Table:
     for name in ("format", "ns/token", "bytes/token", "raw bytes", "ratio"):
         table.add_column(name, justify="left" if name == "format" else "right")
     for route, figures in encoding["sse"].items():
-        table.add_row(f"SSE {route}", _num(figures["ns_per_token"], 0), _num(figures["bytes_per_token"], 1),
-                      _num(figures["raw_bytes_per_token"], 1), f"{figures['bytes_ratio']:.1f}x")
+        table.add_row(f"SSE {route}", num(figures["ns_per_token"], 0), num(figures["bytes_per_token"], 1),
+                      num(figures["raw_bytes_per_token"], 1), f"{figures['bytes_ratio']:.1f}x")
     ws = encoding["ws"]
-    table.add_row("WebSocket frame", _num(ws["ns_per_message"], 0), _num(ws["bytes_per_message"], 1),
-                  _num(ws["raw_bytes_per_token"], 1), f"{ws['bytes_ratio']:.1f}x")
+    table.add_row("WebSocket frame", num(ws["ns_per_message"], 0), num(ws["bytes_per_message"], 1),
+                  num(ws["raw_bytes_per_token"], 1), f"{ws['bytes_ratio']:.1f}x")
     return table
 
 
@@ -97,7 +73,7 @@ def render(result: BenchResult, console: Console, definitions: bool = True) -> N
         f"target {target.get('url')} ({'embedded ' if target.get('embedded') else ''}{target.get('server')} server), "
         f"{target.get('transport')} {target.get('endpoint')}, {result.duration_s:.1f} s\n",
         f"machine: {env.get('cpu_count')} CPUs, load average {env.get('load_avg_start')} -> "
-        f"{env.get('load_avg_end')}, host CPU {_num(env.get('host_cpu_percent_mean'), 0)} % during the run",
+        f"{env.get('load_avg_end')}, host CPU {num(env.get('host_cpu_percent_mean'), 0)} % during the run",
     ))
     console.print(summary_table(result))
     for scenario in result.scenarios:
@@ -112,14 +88,14 @@ def render(result: BenchResult, console: Console, definitions: bool = True) -> N
         if overhead.get("available"):
             notes.append(f"pipeline overhead: ITL {overhead['itl_ms']:+.3f} ms per token against "
                          f"{overhead['configured_itl_ms']:.3f} ms configured")
-        stream_rate = _get(s, ("stream_tokens_per_s", "p50"))
+        stream_rate = dig(s, "stream_tokens_per_s", "p50")
         if stream_rate:
             notes.append(f"per-stream rate p50: {stream_rate:.1f} tok/s")
         if s.get("wire", {}).get("bytes_per_token"):
             notes.append(f"wire: {s['wire']['bytes_per_token']:.1f} bytes per token")
         if s.get("goodput"):
             g = s["goodput"]
-            notes.append(f"goodput under {g['slo']}: {g['good_requests']} requests, {_num(g['requests_per_s'])} req/s")
+            notes.append(f"goodput under {g['slo']}: {g['good_requests']} requests, {num(g['requests_per_s'])} req/s")
         if notes:
             console.print(Text("  " + "\n  ".join(notes), style="dim"))
     if result.sweep:
@@ -131,7 +107,7 @@ def render(result: BenchResult, console: Console, definitions: bool = True) -> N
     gpu = result.telemetry.get("gpu") or {}
     if gpu.get("available"):
         console.print(f"GPU ({gpu['source']}, {gpu['method']}): {gpu['energy_j']:.1f} J, mean "
-                      f"{_num(gpu['mean_power_w'], 1)} W, {_num(gpu['tokens_per_joule'], 3)} tokens/J")
+                      f"{num(gpu['mean_power_w'], 1)} W, {num(gpu['tokens_per_joule'], 3)} tokens/J")
     else:
         console.print(f"GPU energy and tokens/J: N/A — {gpu.get('reason')}")
     if definitions:
@@ -188,19 +164,19 @@ def summary_rows(result: BenchResult) -> list[dict[str, Any]]:
                             ("server_ttft_gap_ms", ("server", "ttft_gap_ms")),
                             ("overhead_itl_ms", ("pipeline_overhead", "itl_diff_ms")),
                             ("overhead_ttft_ms", ("pipeline_overhead", "ttft_diff_ms"))):
-            dist = _get(s, path)
+            dist = dig(s, *path)
             if dist:
                 rows.append({**base, "metric": label, **{k: dist[k] for k in ("count", *COLUMNS)}})
         scalars = {
             "requests_completed": s["requests"]["completed"], "errors": s["requests"]["errors"],
             "requests_per_s": s["requests_per_s"], "output_tokens": s["output_tokens"],
             "output_tokens_per_s": s["output_tokens_per_s"], "duration_s": s["duration_s"],
-            "goodput_fraction": _get(s, ("goodput", "fraction")),
-            "goodput_requests_per_s": _get(s, ("goodput", "requests_per_s")),
-            "pipeline_overhead_itl_ms": _get(s, ("pipeline_overhead", "itl_ms")),
-            "wire_bytes_per_token": _get(s, ("wire", "bytes_per_token")),
-            "energy_j": _get(scenario.energy, ("energy_j",)),
-            "tokens_per_joule": _get(scenario.energy, ("tokens_per_joule",)),
+            "goodput_fraction": dig(s, "goodput", "fraction"),
+            "goodput_requests_per_s": dig(s, "goodput", "requests_per_s"),
+            "pipeline_overhead_itl_ms": dig(s, "pipeline_overhead", "itl_ms"),
+            "wire_bytes_per_token": dig(s, "wire", "bytes_per_token"),
+            "energy_j": dig(scenario.energy, "energy_j"),
+            "tokens_per_joule": dig(scenario.energy, "tokens_per_joule"),
         }
         rows.extend({**base, "metric": k, "value": v} for k, v in scalars.items())
     return rows

@@ -3,7 +3,7 @@ ITL, TPOT and E2E with the server's timings beside the client's and the pipeline
 rates, goodput, encoding and energy figures, and every metric's definition.
 
 Rich renderables from a `BenchResult` (abi_tui.bench.results), duck-typed so that this module
-imports nothing of the benchmark (whose statistics pull in numpy and aiohttp). The console
+imports only the benchmark's light `figures` (its statistics pull in numpy and aiohttp). The console
 report (`abi bench`) lays out the same figures for 80 columns of a terminal; this one fits the
 pane's right-hand side and keeps each scenario's figures together.
 """
@@ -17,36 +17,14 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from abi_tui.bench.figures import LATENCY_ROWS, dig, num
+
 PERCENTILE_COLUMNS = ("min", "mean", "p50", "p90", "p95", "p99", "max")
-LATENCY_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("TTFT", ("ttft_ms",)), ("ITL", ("itl_ms",)), ("TPOT", ("tpot_ms",)), ("E2E", ("e2e_ms",)),
-    ("server TTFT", ("server", "ttft_ms")), ("server total", ("server", "total_ms")),
-    ("TTFT gap c-s", ("server", "ttft_gap_ms")), ("E2E gap c-s", ("server", "e2e_gap_ms")),
-    ("ITL overhead", ("pipeline_overhead", "itl_diff_ms")),
-    ("TTFT overhead", ("pipeline_overhead", "ttft_diff_ms")),
-    ("schedule lag", ("schedule_lag_ms",)),
-)
 # What the definitions are called in the tables above (DEFINITIONS keys are the JSON's).
 DEFINITION_LABELS = {"ttft_ms": "TTFT", "itl_ms": "ITL", "tpot_ms": "TPOT", "e2e_ms": "E2E",
                      "stream_tokens_per_s": "stream tok/s", "output_tokens_per_s": "tok/s",
                      "requests_per_s": "req/s", "pipeline_overhead_ms": "overhead",
                      "server": "server, gap c-s", "tokens_per_joule": "tok/J"}
-
-
-def dig(data: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
-def num(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}"
 
 
 def loads(values: Any) -> str:
