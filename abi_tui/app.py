@@ -538,7 +538,7 @@ def run_app(settings: Settings, connect: str | None = None, token: str | None = 
         def embedded(s: Settings) -> Any:
             from abi_tui.server.main import EmbeddedServer
 
-            return EmbeddedServer(s, demo_default=True)
+            return EmbeddedServer(s)
     app = AbiApp(settings, url=connect, token=token, embedded=embedded)
     try:
         app.run()

@@ -57,6 +57,9 @@ class ServerConfig:
 class ModelsConfig:
     dir: str | None = None
     last_used: str | None = None
+    # Loaded at start when no --model is given and no model was used before: the packaged
+    # instruct demo (SmolLM2-135M-Instruct). "none" starts without a model.
+    default: str = "demo-chat"
 
 
 @dataclass

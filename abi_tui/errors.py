@@ -54,6 +54,12 @@ class Unavailable(AbiError):
     code = "unavailable"
 
 
+class NoModelLoaded(Unavailable):
+    """`default`, a persona or no model named, while no model is loaded (the mock never stands in)."""
+
+    code = "no_model_loaded"
+
+
 class ModelLoadError(AbiError):
     """A model file that cannot be used: not a GGUF, truncated, unsupported architecture."""
 

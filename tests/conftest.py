@@ -28,6 +28,8 @@ def abi_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
             monkeypatch.delenv(key)
     monkeypatch.setenv("ABI_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing reaches the network by accident
+    # Servers start without a model unless a test names one (the packaged default is tested apart).
+    monkeypatch.setenv("ABI_MODELS_DEFAULT", "none")
     return home
 
 

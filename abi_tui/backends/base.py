@@ -29,6 +29,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
+    dry_multiplier: float = 0.0  # DRY repetition penalty (0 = off)
     logit_bias: dict[int, float] = field(default_factory=dict)
     json_mode: bool = False
 

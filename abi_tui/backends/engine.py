@@ -1,7 +1,7 @@
 """The inference engine: model ids to backends, admission, and the streams the server drains.
 
-Model ids (SPEC §4.1): `mock/<pattern>...` -> MockBackend; the active model's name, `default`
-or nothing -> the active local model (the mock when none is loaded); any other name, path or
+Model ids: `mock/<pattern>...` -> MockBackend; the active model's name, `default` or nothing ->
+the active local model (503 `no_model_loaded` when none is loaded); any other name, path or
 spec of a cached model -> that model, loaded into the pool. Remote backends register prefixes
 in `remote_factories`.
 """
@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from abi_tui.backends.base import Backend, CancelFlag, GenerationRequest, Prepared, TokenChannel
+from abi_tui.backends.fixed_reply import FixedReply, Prefaced
 from abi_tui.backends.mock import MockBackend
 from abi_tui.backends.scheduler import Lane, Scheduler, Ticket
 from abi_tui.config import Settings
-from abi_tui.errors import AbiError, InvalidRequest, ModelNotFound, Unavailable
+from abi_tui.errors import AbiError, InvalidRequest, ModelNotFound, NoModelLoaded, Unavailable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MOCK = "mock/constant_rate"
+NO_MODEL_MESSAGE = ("no model is loaded: start the server with --model NAME (`abi model list` shows the "
+                    "cached models), or load one with POST /admin/reload {\"model\": NAME} (m in the "
+                    "dashboard); mock/<pattern> names the timing mock")
 PERSONA_IDS = ("auto", "abi", "abbey", "aviva")
 ACTIVE_LANE = "active"
 HEARTBEAT = object()  # yielded by Stream.events() when nothing arrived within the heartbeat period
@@ -185,6 +188,8 @@ class InferenceEngine:
         self.last_error: str | None = None
         self.remote_factories: dict[str, Callable[[str], Backend]] = {}
         self.stream_listeners: list[Callable[[Stream], None]] = []
+        # Called with the new active model's name (None: no model) on the event loop.
+        self.active_listeners: list[Callable[[str | None], None]] = []
         self.streams: set[Stream] = set()
         self._lazy_spec: str | None = None
         self.reload_lock = asyncio.Lock()
@@ -248,11 +253,16 @@ class InferenceEngine:
             self.pool.pin(name, True)
         self.state = "ready" if name else "no_model"
         self.last_error = None if name else self.last_error
+        for listener in self.active_listeners:
+            try:
+                listener(name)
+            except Exception:
+                log.exception("active-model listener failed")
 
     def active_backend(self) -> Backend | None:
         return self.pool.get_resident(self.active_name) if self.active_name else None
 
-    async def _active_or_mock(self) -> Backend:
+    async def _active(self) -> Backend:
         if self.active_name is None and self._lazy_spec:
             spec, self._lazy_spec = self._lazy_spec, None
             try:
@@ -265,7 +275,8 @@ class InferenceEngine:
                 backend = await self.pool.get(self.active_name, self.active_path, pin=True)
             self.pool.touch(self.active_name)
             return backend
-        return self._mock(DEFAULT_MOCK)
+        # Never a silent stand-in: the mock answers only when it is asked for by name.
+        raise NoModelLoaded(NO_MODEL_MESSAGE)
 
     def _mock(self, model_id: str) -> MockBackend:
         backend = self.mocks.get(model_id)
@@ -280,7 +291,7 @@ class InferenceEngine:
         if model_id is not None and not model_id.strip():
             model_id = None  # a blank name, like an empty one, means the default model
         if not model_id or model_id == "default" or model_id == self.active_name:
-            return Target(ACTIVE_LANE, self._active_or_mock, self.active_name or DEFAULT_MOCK)
+            return Target(ACTIVE_LANE, self._active, self.active_name or "default")
         if model_id.startswith("mock/"):
             backend = self._mock(model_id)
 
@@ -296,7 +307,7 @@ class InferenceEngine:
             return Target(f"remote:{prefix}", get_remote, model_id)
         name, path = self.resolve_path(model_id)
         if name == self.active_name:
-            return Target(ACTIVE_LANE, self._active_or_mock, name)
+            return Target(ACTIVE_LANE, self._active, name)
 
         async def get_local() -> Backend:
             backend = await self.pool.get(name, path)
@@ -321,17 +332,31 @@ class InferenceEngine:
         if spec and spec not in ("default", self.active_name) and spec not in PERSONA_IDS:
             name, path = self.resolve_path(spec)
             return await self.pool.get(name, path)
-        backend = await self._active_or_mock()
+        backend = await self._active()
         if not hasattr(backend, "embed"):
             raise Unavailable("no local model is loaded to compute embeddings: start with --model, "
                               "or set vector_store.embedding_model in config.toml", retry_after=5)
         return backend
 
     # --------------------------------------------------------------------------------- streams
-    async def open(self, request: GenerationRequest) -> Stream:
-        """Validate and queue a request; raises AbiError (404, 400, 429) before anything is sent."""
+    async def open(self, request: GenerationRequest, *, preface: str | None = None) -> Stream:
+        """Validate and queue a request; raises AbiError (404, 400, 429) before anything is sent.
+        `preface`: text streamed before the model's answer (not counted as generated)."""
         target = self.target(request.model)
         backend = await target.get_backend()
+        if preface:
+            backend = Prefaced(backend, preface)
+        return await self._open(target, backend, request)
+
+    async def open_reply(self, request: GenerationRequest, text: str) -> Stream:
+        """A reply the server writes itself (Abi's refusal): the request reaches no model."""
+        backend = FixedReply(text)
+
+        async def get_fixed() -> Backend:
+            return backend
+        return await self._open(Target("fixed", get_fixed, backend.model_id), backend, request)
+
+    async def _open(self, target: Target, backend: Backend, request: GenerationRequest) -> Stream:
         prepared = await backend.prepare(request)
         if not request.request_id:
             request.request_id = new_request_id()

@@ -52,6 +52,14 @@ log = logging.getLogger(__name__)
 LOAD_LOCK = threading.Lock()  # llama.cpp logs globally: one load at a time keeps sizes attributable
 INLINE_TOKENIZE_CHARS = 16_000  # longer prompts are tokenized on a worker thread
 PENALTY_LAST_N = 64
+# DRY ("don't repeat yourself") breaks repeated sentences, the loop small chat models fall into.
+DRY_BASE, DRY_ALLOWED_LENGTH, DRY_LAST_N = 1.75, 2, 256
+DRY_BREAKERS = (b"\n", b":", b'"', b"*")
+# Sequence ids beyond `parallel` that hold pinned prompt prefixes (the personas' system prompts):
+# prefilled once per model, then copied into a request's sequence (llama_memory_seq_cp shares
+# the cells), so a new conversation prefills only its own messages.
+PINNED_PREFIXES = 4
+PIN_CHUNK = 64  # prompt tokens of a pin prefilled per step while other sequences are generating
 FLASH_ATTN = {"auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
               "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED}
 
@@ -76,6 +84,7 @@ class Sequence:
     seq_id: int = -1
     sampler: Any = None
     prefilled: int = 0
+    pin_key: str | None = None  # a prefix to keep (pin_prefix), not a request to answer
     n_past: int = 0
     generated: int = 0
     last_token: int = -1
@@ -103,18 +112,19 @@ class LlamaBackend:
         model_params = L.llama_model_default_params()
         model_params.n_gpu_layers = options.n_gpu_layers if options.n_gpu_layers >= 0 else 999
         ctx_params = L.llama_context_default_params()
-        ctx_params.n_seq_max = options.parallel
+        ctx_params.n_seq_max = options.parallel + PINNED_PREFIXES
         # One KV cache shared by the sequences, room for n_ctx each (prepare() holds every request
         # to n_ctx). Per-sequence caches (kv_unified=False) split a batch whose sequence ids are
         # not 0..n-1 in order into several graph runs: measured here on gemma, 4 sequences with
         # ids 7..4 decoded in 60 ms a step instead of 31 ms, 8 in reverse order in 118 ms.
-        ctx_params.n_ctx = options.n_ctx * options.parallel
+        # Pinned prefixes get one request's worth of cells on top.
+        ctx_params.n_ctx = options.n_ctx * (options.parallel + 1)
         ctx_params.kv_unified = True
         ctx_params.swa_full = False
         ctx_params.n_batch = ctx_params.n_ubatch = options.n_batch
         # Only the last row of each sequence needs logits; the default sizes the output buffer
         # for n_batch rows of the vocabulary (512 MiB on gemma-3's 262k vocabulary).
-        ctx_params.n_outputs_max = options.parallel
+        ctx_params.n_outputs_max = ctx_params.n_seq_max
         ctx_params.n_threads = ctx_params.n_threads_batch = threads
         ctx_params.flash_attn_type = FLASH_ATTN[options.flash_attn]
         with LOAD_LOCK, LLAMA_LOG.capture() as lines:
@@ -146,6 +156,10 @@ class LlamaBackend:
         self._batch = L.llama_batch_init(options.n_batch, 0, 1)
         self._free_ids = list(range(options.parallel))
         self._slot_tokens: dict[int, list[int]] = {}  # what each free sequence's cells hold
+        self._pin_ids = list(range(options.parallel, options.parallel + PINNED_PREFIXES))
+        self._pins: dict[str, tuple[int, list[int]]] = {}  # key -> (sequence id, tokens), LRU order
+        self._pin_budget = options.n_ctx
+        self.pins_ready: dict[str, threading.Event] = {}
         self.n_swa = L.llama_model_n_swa(self.model.model)
         self.prompt_tokens_reused = 0
         self._incoming: deque[Sequence] = deque()
@@ -243,6 +257,25 @@ class LlamaBackend:
         self._incoming.append(seq)
         COMPUTE.wake()
 
+    def pin_prefix(self, key: str, text: str) -> threading.Event | None:
+        """Keep `text`'s KV cells under `key` for later prompts that start with it (prefilled in
+        the decode loop, a chunk per step, so running streams keep generating). Returns an event
+        set once it is ready; None when it does not fit the pinned cells."""
+        tokens = self.tokenize(text, add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)))
+        pinned = self._pins.get(key)
+        ready = self.pins_ready.get(key)
+        if ready is not None and (not ready.is_set() or (pinned is not None and pinned[1] == tokens)):
+            return ready  # in flight, or already there
+        if not tokens or len(tokens) > self._pin_budget // 2:
+            return None
+        done = threading.Event()
+        self.pins_ready[key] = done
+        seq = Sequence(Prepared(GenerationRequest(model=self.name, prompt=text), len(tokens), 0),
+                       _PinChannel(done), CancelFlag(), tokens, StopMatcher([]), pin_key=key)
+        self._incoming.append(seq)
+        COMPUTE.wake()
+        return done
+
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "kind": self.kind, "path": str(self.path),
                 "architecture": self.header.architecture, "chat_format": self.chat_format,
@@ -262,6 +295,7 @@ class LlamaBackend:
             "load_ms": round(self.load_ms, 1),
             "tokens_generated": self.tokens_generated,
             "prompt_tokens_reused": self.prompt_tokens_reused,
+            "prefixes_pinned": {key: len(tokens) for key, (_, tokens) in self._pins.items()},
         }
 
     # ----------------------------------------------------------------------------- decode loop
@@ -270,7 +304,7 @@ class LlamaBackend:
 
     def step(self) -> None:
         """One decode step (on the compute thread): admit waiting sequences, decode, sample."""
-        while self._incoming and self._free_ids:
+        while self._incoming and (self._free_ids or self._incoming[0].pin_key):
             self._admit(self._incoming.popleft())
         try:
             self._step()
@@ -282,6 +316,13 @@ class LlamaBackend:
     def _admit(self, seq: Sequence) -> None:
         if seq.cancel.is_set:
             seq.channel.close("cancelled")
+            return
+        if seq.pin_key is not None:
+            seq.seq_id = self._pin_slot(seq.pin_key, len(seq.tokens))
+            if seq.seq_id < 0:
+                seq.channel.close("cancelled")
+            else:
+                self._active.append(seq)
             return
         seq.seq_id, reused = self._pick_slot(seq.tokens)
         seq.prefilled = seq.n_past = reused
@@ -301,17 +342,24 @@ class LlamaBackend:
         prompt cache does. At least the last prompt token is decoded again for its logits."""
         best, reused = self._free_ids[-1], 0
         for seq_id in self._free_ids:
-            cached = self._slot_tokens.get(seq_id, ())
-            common = 0
-            for a, b in zip(cached, prompt):
-                if a != b:
-                    break
-                common += 1
+            common = _common_prefix(self._slot_tokens.get(seq_id, ()), prompt)
             if common > reused:
                 best, reused = seq_id, common
+        source = None
+        for key, (_, tokens) in self._pins.items():
+            common = _common_prefix(tokens, prompt)
+            if common > reused:
+                source, reused = key, common
+        memory = self.ctx.memory
+        if source is not None:
+            # Copy the pin into the free sequence whose own cache is worth least.
+            best = min(self._free_ids, key=lambda i: len(self._slot_tokens.get(i, ())))
+            L.llama_memory_seq_rm(memory, best, -1, -1)
+            pin_id, tokens = self._pins.pop(source)
+            self._pins[source] = (pin_id, tokens)  # most recently used last
+            L.llama_memory_seq_cp(memory, pin_id, best, 0, reused)
         self._free_ids.remove(best)
         reused = min(reused, len(prompt) - 1)
-        memory = self.ctx.memory
         if reused > 0 and L.llama_memory_seq_rm(memory, best, reused, -1):
             # A sliding-window cache may no longer hold the window before `reused`.
             if L.llama_memory_seq_pos_min(memory, best) > max(0, reused - self.n_swa):
@@ -323,6 +371,23 @@ class LlamaBackend:
         self._slot_tokens.pop(best, None)
         self.prompt_tokens_reused += reused
         return best, reused
+
+    def _pin_slot(self, key: str, n_tokens: int) -> int:
+        """A sequence id for a new pin: its old one, else a free pin id, evicting the least
+        recently used pins until the pinned cells fit their budget."""
+        memory = self.ctx.memory
+        old = self._pins.pop(key, None)
+        if old is not None:
+            self._pin_ids.append(old[0])
+            L.llama_memory_seq_rm(memory, old[0], -1, -1)
+        while self._pins and (not self._pin_ids or
+                              sum(len(t) for _, t in self._pins.values()) + n_tokens > self._pin_budget):
+            evicted = next(iter(self._pins))
+            pin_id, _ = self._pins.pop(evicted)
+            self.pins_ready.pop(evicted, None)
+            L.llama_memory_seq_rm(memory, pin_id, -1, -1)
+            self._pin_ids.append(pin_id)
+        return self._pin_ids.pop() if self._pin_ids else -1
 
     def _build_sampler(self, params: SamplingParams) -> Any:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
@@ -344,6 +409,10 @@ class LlamaBackend:
             # This llama.cpp takes the vocabulary size first (see its llama.h).
             add(L.llama_sampler_init_penalties(self.n_vocab, PENALTY_LAST_N, params.repeat_penalty,
                                                params.frequency_penalty, params.presence_penalty))
+        if params.dry_multiplier > 0:
+            breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*DRY_BREAKERS)
+            add(L.llama_sampler_init_dry(self.vocab, params.dry_multiplier, DRY_BASE, DRY_ALLOWED_LENGTH,
+                                         DRY_LAST_N, breakers, len(DRY_BREAKERS)))
         if params.temperature <= 0:
             add(L.llama_sampler_init_greedy())
             return chain
@@ -376,14 +445,16 @@ class LlamaBackend:
             if not seq.prefilling or budget <= 0:
                 continue
             seq.row = -1
-            chunk = seq.tokens[seq.prefilled: seq.prefilled + budget]
+            size = min(budget, PIN_CHUNK) if seq.pin_key is not None and decoding else budget
+            chunk = seq.tokens[seq.prefilled: seq.prefilled + size]
             last = seq.prefilled + len(chunk) == len(seq.tokens)
+            wants_logits = last and seq.pin_key is None
             for j, token in enumerate(chunk):
-                self._add(token, seq.n_past + j, seq.seq_id, last and j == len(chunk) - 1)
+                self._add(token, seq.n_past + j, seq.seq_id, wants_logits and j == len(chunk) - 1)
             seq.prefilled += len(chunk)
             seq.n_past += len(chunk)
             budget -= len(chunk)
-            if last:
+            if wants_logits:
                 seq.row = batch.n_tokens - 1
         if batch.n_tokens == 0:
             return
@@ -391,6 +462,11 @@ class LlamaBackend:
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
         for seq in list(self._active):
+            if seq.pin_key is not None and not seq.prefilling:
+                self._pins[seq.pin_key] = (seq.seq_id, seq.tokens)
+                self._active.remove(seq)
+                seq.channel.close("stop")
+                continue
             if seq.row < 0:
                 continue
             row, seq.row = seq.row, -1
@@ -437,6 +513,13 @@ class LlamaBackend:
         if seq.sampler is not None:
             L.llama_sampler_free(seq.sampler)
             seq.sampler = None
+        if seq.pin_key is not None:
+            if seq.seq_id >= 0:
+                L.llama_memory_seq_rm(self.ctx.memory, seq.seq_id, -1, -1)
+                self._pin_ids.append(seq.seq_id)
+                seq.seq_id = -1
+            seq.channel.close(reason, error)
+            return
         if seq.seq_id >= 0:
             if reason in ("stop", "length"):  # keep the cells: the next turn may share the prefix
                 self._slot_tokens[seq.seq_id] = (seq.tokens + seq.fed)[: seq.n_past]
@@ -514,3 +597,22 @@ class LlamaBackend:
             self._embed_ctx = None
         self.ctx.close()
         self.model.close()
+
+
+def _common_prefix(cached: Any, prompt: list[int]) -> int:
+    common = 0
+    for a, b in zip(cached, prompt):
+        if a != b:
+            break
+        common += 1
+    return common
+
+
+class _PinChannel:
+    """What a pin's Sequence reports to: nobody reads its tokens, one event says it is done."""
+
+    def __init__(self, done: threading.Event) -> None:
+        self.done = done
+
+    def close(self, finish_reason: str | None, error: Any = None) -> None:
+        self.done.set()

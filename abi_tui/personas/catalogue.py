@@ -1,9 +1,9 @@
 """The persona catalogue: Abi, Abbey and Aviva (SPEC §5.1).
 
 Each persona is one data file in `prompts/`: TOML front matter between `+++` lines (name, role,
-sampling, badge colour, exemplar messages for embedding similarity) and the system prompt as the
-Markdown body. Keeping the numbers next to the prompt means one file says everything about a
-persona.
+sampling, badge colour, exemplar messages for embedding similarity, the transcript a base model
+continues) and the system prompt as the Markdown body. Keeping the numbers next to the prompt
+means one file says everything about a persona.
 """
 
 from __future__ import annotations
@@ -37,10 +37,18 @@ class Persona:
     temperature_max: float | None = None
     color: str = "#c0caf5"
     exemplars: tuple[str, ...] = field(default_factory=tuple)
+    # Against loops: llama.cpp's repeat penalty (1 = off) and DRY multiplier (0 = off).
+    repeat_penalty: float = 1.0
+    dry_multiplier: float = 0.0
+    # For a base model (no chat template): one line introducing the persona, and example turns
+    # (user, answer) that show its voice; the model continues the transcript.
+    transcript: str = ""
+    examples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def to_dict(self, *, include_prompt: bool = False) -> dict[str, Any]:
         data = asdict(self)
         data["exemplars"] = list(self.exemplars)
+        data["examples"] = [{"user": u, "assistant": a} for u, a in self.examples]
         if not include_prompt:
             data.pop("system_prompt")
         return data
@@ -51,12 +59,19 @@ class SamplingParams:
     temperature: float
     top_p: float | None = None
     tone: str = "neutral"
+    repeat_penalty: float = 1.0
+    dry_multiplier: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """Only the keys a backend should send: top_p is left out when the persona has none."""
+        """Only the keys a backend should send: those the persona leaves at their neutral value
+        are left out."""
         out: dict[str, Any] = {"temperature": self.temperature}
         if self.top_p is not None:
             out["top_p"] = self.top_p
+        if self.repeat_penalty != 1.0:
+            out["repeat_penalty"] = self.repeat_penalty
+        if self.dry_multiplier:
+            out["dry_multiplier"] = self.dry_multiplier
         return out
 
 
@@ -93,6 +108,10 @@ def parse_persona(text: str, *, source: str = "<persona>") -> Persona:
             temperature_max=float(meta["temperature_max"]) if "temperature_max" in meta else None,
             color=str(meta.get("color", "#c0caf5")),
             exemplars=tuple(str(x) for x in meta.get("exemplars", ())),
+            repeat_penalty=float(meta.get("repeat_penalty", 1.0)),
+            dry_multiplier=float(meta.get("dry_multiplier", 0.0)),
+            transcript=str(meta.get("transcript", "")).strip(),
+            examples=tuple((str(e["user"]), str(e["assistant"])) for e in meta.get("examples", ())),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PersonaFileError(f"{source}: bad or missing field {exc}") from None
@@ -186,4 +205,6 @@ def sampling_for(decision: _Decision | str, signals: dict[str, Any] | None = Non
         temperature=adapt_temperature(persona, tone, float(intensity)),
         top_p=persona.top_p,
         tone=tone,
+        repeat_penalty=persona.repeat_penalty,
+        dry_multiplier=persona.dry_multiplier,
     )

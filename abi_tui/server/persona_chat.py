@@ -1,8 +1,15 @@
-"""Persona chat: routing, the persona's prompt and sampling, history, vector memory, persistence.
+"""Persona chat: routing, moderation, the persona's prompt and sampling, history, vector memory,
+persistence.
 
-The server owns the chat store and the vector store (SPEC §5.4). Memory opens in the
-background (chromadb takes a second to import) and needs an embedding model: the configured
-one, else the active local model; without either, turns are still persisted in SQLite.
+Moderation is the server's: a message the router flags as a policy violation is answered with
+Abi's refusal for its rule and never reaches a model, whatever persona was asked for. A model
+with a chat template gets the persona's system prompt; a base model gets a transcript it can
+continue (`personas/transcript.py`). Each persona's prompt prefix is prefilled once per model
+when it becomes active and reused by every conversation (`LlamaBackend.pin_prefix`).
+
+The server owns the chat store and the vector store. Memory opens in the background when a
+model becomes active (chromadb takes a second to import) and needs an embedding model: the
+configured one, else the active local model; without either, turns are still persisted in SQLite.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,12 +27,16 @@ from abi_tui.config import Settings
 from abi_tui.errors import AbiError, ContextLengthExceeded, InvalidRequest
 from abi_tui.memory.chats import ChatStore
 from abi_tui.personas import (
+    Persona,
     PersonaMetrics,
     PersonaRouter,
     RoutingDecision,
     get_persona,
+    list_personas,
     sampling_for,
 )
+from abi_tui.personas.policy import SELF_HARM, refusal_text, support_text
+from abi_tui.personas.transcript import STOPS, transcript_prefix, transcript_prompt
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +71,18 @@ class PersonaService:
         self.memory_state = "off"
         self.memory_error: str | None = None
         self._memory_lock = asyncio.Lock()
+        self._warmed: weakref.WeakSet[Any] = weakref.WeakSet()  # backends whose persona prefixes are pinned
+        self._tasks: set[asyncio.Task] = set()
         engine.stream_listeners.append(self._on_stream_end)
+        engine.active_listeners.append(self._on_active_model)
 
     # -------------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         self.chats = await asyncio.to_thread(ChatStore, self.settings.chats_db)
 
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self.chats is not None:
             await asyncio.to_thread(self.chats.close)
             self.chats = None
@@ -133,25 +150,45 @@ class PersonaService:
             raise InvalidRequest(f"unknown persona {forced!r}: use abi, abbey or aviva", param="persona")
         return self.router.route_message(content, previous=previous, override=forced)
 
-    def apply(self, generation: GenerationRequest, decision: RoutingDecision, body: dict[str, Any],
-              memory_note: str | None = None) -> None:
-        """The persona's system prompt first, its sampling unless the client chose its own."""
-        persona = get_persona(decision.persona)
-        sampling = sampling_for(decision)
-        if "temperature" not in body:
-            generation.params.temperature = sampling.temperature
-        if "top_p" not in body and sampling.top_p is not None:
-            generation.params.top_p = sampling.top_p
-        system = persona.system_prompt + (f"\n\n{memory_note}" if memory_note else "")
-        messages = generation.messages
-        if messages is None:
-            messages = [{"role": "user", "content": generation.prompt or ""}]
-            generation.prompt = None
-        generation.messages = [{"role": "system", "content": system}] + messages
+    async def open(self, generation: GenerationRequest, decision: RoutingDecision, body: dict[str, Any],
+                   messages: list[dict[str, str]], note: str | None = None) -> Stream:
+        """The stream that answers `messages` as `decision` says: Abi's refusal for a policy
+        violation (no model sees the request), else the persona's prompt on the model."""
         generation.persona = decision.persona
+        if decision.policy and decision.policy != SELF_HARM:
+            generation.messages, generation.prompt = messages, None
+            return await self.engine.open_reply(generation, refusal_text(decision.policy))
+        persona = get_persona(decision.persona)
+        backend = await self.engine.target(generation.model).get_backend()
+        self._apply_sampling(generation, decision, body)
+        if uses_transcript(backend):
+            generation.prompt, generation.messages = transcript_prompt(persona, messages, note), None
+            generation.params.stop = [s for s in generation.params.stop if s not in STOPS] + STOPS
+        else:
+            system = persona.system_prompt + (f"\n\n{note}" if note else "")
+            generation.messages, generation.prompt = [{"role": "system", "content": system}] + messages, None
+        self.warm(backend)
+        preface = support_text() if decision.policy == SELF_HARM else None
+        return await self.engine.open(generation, preface=preface)
 
-    async def hook(self, state: Any, generation: GenerationRequest, body: dict[str, Any]) -> dict[str, Any] | None:
-        """For /api/stream, the WebSocket and /v1/chat/completions: `persona` or a persona model id."""
+    @staticmethod
+    def _apply_sampling(generation: GenerationRequest, decision: RoutingDecision, body: dict[str, Any]) -> None:
+        """The persona's sampling, except where the client chose its own."""
+        sampling = sampling_for(decision)
+        params = generation.params
+        if "temperature" not in body:
+            params.temperature = sampling.temperature
+        if "top_p" not in body and sampling.top_p is not None:
+            params.top_p = sampling.top_p
+        if "repeat_penalty" not in body:
+            params.repeat_penalty = sampling.repeat_penalty
+        if "dry_multiplier" not in body:
+            params.dry_multiplier = sampling.dry_multiplier
+
+    async def hook(self, state: Any, generation: GenerationRequest, body: dict[str, Any]
+                   ) -> tuple[Stream, dict[str, Any]] | None:
+        """For /api/stream, the WebSocket and /v1/chat/completions: `persona` or a persona model
+        id opens the persona's stream (None: not a persona request)."""
         requested = body.get("persona")
         if requested is None and generation.model in PERSONA_IDS:
             requested = generation.model
@@ -163,15 +200,38 @@ class PersonaService:
             generation.model = None  # the persona runs on the default backend
         text = last_user_text(generation)
         decision, cleaned = self.decide(text, forced=None if requested == "auto" else requested)
-        if generation.messages:
-            for message in reversed(generation.messages):
-                if message["role"] == "user":
-                    message["content"] = cleaned
-                    break
-        elif generation.prompt is not None:
-            generation.prompt = cleaned
-        self.apply(generation, decision, body)
-        return decision.to_dict()
+        messages = [dict(m) for m in generation.messages] if generation.messages else [
+            {"role": "user", "content": generation.prompt or ""}]
+        for message in reversed(messages):
+            if message["role"] == "user":
+                message["content"] = cleaned
+                break
+        stream = await self.open(generation, decision, body, messages)
+        return stream, decision.to_dict()
+
+    # -------------------------------------------------------------------------------- prefixes
+    def warm(self, backend: Any) -> None:
+        """Pin each persona's prompt prefix in `backend`'s KV cache (once per model; prefilled in
+        the background by the decode loop), Abbey, the default, first."""
+        if not hasattr(backend, "pin_prefix") or backend in self._warmed:
+            return
+        self._warmed.add(backend)
+        for persona in sorted(list_personas(), key=lambda p: p.id != "abbey"):
+            try:
+                backend.pin_prefix(f"persona:{persona.id}", prefix_text(backend, persona))
+            except AbiError as exc:  # a template that refuses a lone system message: no pin, no harm
+                log.info("no pinned prefix for %s on %s: %s", persona.id, backend.model_id, exc.message)
+
+    def _on_active_model(self, name: str | None) -> None:
+        """A new active model: warm its persona prefixes and open memory now, not on the first message."""
+        if name is None:
+            return
+        backend = self.engine.active_backend()
+        if backend is not None:
+            self.warm(backend)
+        task = asyncio.get_running_loop().create_task(self.ensure_memory())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -------------------------------------------------------------------------------- chat turns
     async def open_turn(self, body: dict[str, Any], forced: str | None, generation: GenerationRequest) -> PersonaChat:
@@ -187,7 +247,7 @@ class PersonaService:
             history = [{"role": m.role, "content": m.content} for m in earlier if m.content and m.role in ("user", "assistant")]
             previous = next((m.persona for m in reversed(earlier) if m.role == "assistant" and m.persona), None)
         decision, cleaned = self.decide(content, previous=previous, forced=forced)
-        memory = await self.ensure_memory()
+        memory = await self.ensure_memory()  # already opening since the model became active
         hits = []
         note = None
         backend = self.engine.active_backend()  # its tokenizer sizes the prompt (None: the mock)
@@ -200,10 +260,9 @@ class PersonaService:
         earlier = trim_history(history, self._history_budget(backend, decision, note, cleaned, generation),
                                self._token_counter(backend))
         while True:
-            generation.messages = earlier + [{"role": "user", "content": cleaned}]
-            self.apply(generation, decision, body, note)
             try:
-                stream = await self.engine.open(generation)
+                stream = await self.open(generation, decision, body, earlier + [{"role": "user", "content": cleaned}],
+                                         note)
                 break
             except ContextLengthExceeded:
                 # The estimate missed the chat template's own tokens: keep the newer half of the
@@ -287,6 +346,18 @@ class PersonaService:
         self.metrics.record(persona, latency_ms=timings["total_ms"], ttft_ms=timings["ttft_ms"],
                             prompt_tokens=stream.prompt_tokens, completion_tokens=stream.completion_tokens,
                             error=stream.error is not None)
+
+
+def uses_transcript(backend: Any) -> bool:
+    """A local model without a chat template of its own (a base model) continues a transcript."""
+    return getattr(backend, "chat_format", "gguf") != "gguf"
+
+
+def prefix_text(backend: Any, persona: Persona) -> str:
+    """What every conversation with `persona` on `backend` starts with."""
+    if uses_transcript(backend):
+        return transcript_prefix(persona)
+    return backend.render_chat([{"role": "system", "content": persona.system_prompt}])
 
 
 def last_user_text(generation: GenerationRequest) -> str:

@@ -18,6 +18,7 @@ from aiohttp import web
 from abi_tui.backends.engine import Stream
 from abi_tui.errors import AbiError, InvalidRequest
 from abi_tui.server.parse import chat_request, completion_request, read_json, stream_flags
+from abi_tui.server.routes_stream import open_stream_for
 from abi_tui.server.sse import DONE_FRAME, dumps, sse_frame
 from abi_tui.server.state import state_of
 from abi_tui.server.streaming import collect, pump_sse
@@ -113,9 +114,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     streaming, include_usage = stream_flags(data)
     generation = chat_request(data, route="chat")
     generation.request_id = completion_id("chatcmpl")
-    hook = state.services.get("persona_hook")
-    routing = await hook(state, generation, data) if hook is not None else None
-    stream = await state.engine.open(generation)
+    stream, routing = await open_stream_for(state, generation, data)
     if streaming:
         return await pump_sse(request, stream, ChatChunks(include_usage))
     text = await collect(stream)

@@ -34,7 +34,9 @@ WS_MAX_CONCURRENT = 4
 WS_PING_S = 30.0
 
 # Persona routing plugs in here (issue: personas): (state, request, body) -> routing dict or None.
-RouteHook = Callable[[ServerState, GenerationRequest, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+# The persona hook: (stream, routing decision) for a persona request, None for any other.
+RouteHook = Callable[[ServerState, GenerationRequest, dict[str, Any]],
+                     Awaitable[tuple[Stream, dict[str, Any]] | None]]
 
 
 def generation_request(body: dict[str, Any], route: str) -> GenerationRequest:
@@ -63,19 +65,25 @@ def generation_request(body: dict[str, Any], route: str) -> GenerationRequest:
 
 
 async def open_stream(state: ServerState, body: dict[str, Any], route: str) -> tuple[Stream, dict[str, Any] | None]:
-    generation = generation_request(body, route)
-    routing = None
+    return await open_stream_for(state, generation_request(body, route), body)
+
+
+async def open_stream_for(state: ServerState, generation: GenerationRequest, body: dict[str, Any]
+                          ) -> tuple[Stream, dict[str, Any] | None]:
+    """The persona hook's stream (routing, moderation, the persona's prompt) when the request
+    names a persona, else the model's own stream."""
     hook: RouteHook | None = state.services.get("persona_hook")
-    if hook is not None:
-        routing = await hook(state, generation, body)
-    stream = await state.engine.open(generation)
-    return stream, routing
+    opened = await hook(state, generation, body) if hook is not None else None
+    if opened is not None:
+        return opened
+    return await state.engine.open(generation), None
 
 
 def start_payload(stream: Stream, routing: dict[str, Any] | None) -> dict[str, Any]:
     return {"request_id": stream.request.request_id, "model": stream.model,
             "persona": routing.get("persona") if routing else None,
-            "routing": {k: routing[k] for k in ("persona", "confidence", "reason") if k in routing} if routing else None}
+            "routing": {k: routing[k] for k in ("persona", "confidence", "reason", "policy") if k in routing}
+            if routing else None}
 
 
 def end_payload(stream: Stream) -> dict[str, Any]:

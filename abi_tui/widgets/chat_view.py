@@ -176,6 +176,9 @@ class AnswerMessage(Vertical):
         confidence = self.routing.get("confidence")
         if isinstance(confidence, int | float):
             parts += ["  ", (f"{confidence:.0%}", "$text-muted")]
+        policy = self.routing.get("policy")
+        if isinstance(policy, str) and policy:  # the rule the server enforced (a refusal, or crisis lines)
+            parts += ["  ", (f" rule: {policy.replace('_', ' ')} ", "bold $text on $error-muted")]
         if reason:
             parts += ["  ", (reason, "italic $text-muted")]
         return Content.assemble(*parts)
