@@ -51,6 +51,7 @@ SAMPLING = {
     "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
     "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
     "repeat_penalty": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+    "dry_multiplier": {"type": "number", "minimum": 0, "maximum": 10, "description": "DRY repetition penalty (0 = off)"},
     "logit_bias": {"type": "object", "propertyNames": {"pattern": "^[0-9]{1,10}$"},
                    "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}},
     "response_format": {"type": "object", "required": ["type"],

@@ -252,6 +252,7 @@ def sampling_params(data: dict) -> SamplingParams:
         presence_penalty=_number(data, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(data, "frequency_penalty", 0.0, -2.0, 2.0),
         repeat_penalty=_repeat_penalty(data),
+        dry_multiplier=_number(data, "dry_multiplier", 0.0, 0.0, 10.0),
         logit_bias=_logit_bias(data),
         json_mode=json_mode,
     )
