@@ -55,6 +55,7 @@ SELF_HARM = "self_harm"
 _TIE_ORDER = {"abbey": 2, "abi": 1, "aviva": 0}  # ties go to Abbey
 _ROUTE_PERSONA = {"meta": "abi", "abbey": "abbey", "aviva": "aviva"}
 
+_QUOTED_RE = re.compile(r"'(.+?)'(?=, '|\)|$)")  # the items of a lexicon reason's quote
 _OVERRIDE_RE = re.compile(r"^\s*@(abi|abbey|aviva)(?![\w-])[\s,:;.!?\-]*", re.I)
 
 _WHAT = {
@@ -307,7 +308,7 @@ def _lexicon_words(tally: Tally, persona: str) -> list[str]:
     """The words behind the lexicon's strongest contribution to a persona."""
     best = max((c for c in tally.items if c.persona == persona and c.delta > 0
                 and c.signal != "default"), key=lambda c: c.delta, default=None)
-    return re.findall(r"'([^']+)'", best.text) if best else []
+    return _QUOTED_RE.findall(best.text) if best else []
 
 
 def _is_bare_follow_up(text: str) -> bool:
