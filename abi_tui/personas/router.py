@@ -62,6 +62,15 @@ _WHAT = {
     "abi": "a question about the assistant's routing, personas or safety",
     "aviva": "a technical task or question",
 }
+_DISTRESS_NOUNS = {
+    "frustrated": "frustration",
+    "confused": "confusion",
+    "stressed": "stress",
+    "anxious": "anxiety",
+    "sad": "sadness",
+    "disappointed": "disappointment",
+    "overwhelmed": "feeling overwhelmed",
+}
 _ABBEY_WHAT = {
     "distressed": "distress",
     "confused": "confusion",
@@ -289,7 +298,7 @@ class PersonaRouter:
     def _reason(self, winner: str, words: list[str], sig: Signals, tipped_by: str | None,
                 previous: str | None) -> str:
         name = DISPLAY_NAMES[winner]
-        what = _ABBEY_WHAT[sig.tone] if winner == "abbey" else _WHAT[winner]
+        what = _what(winner, sig)
         if tipped_by == "continuity" and previous:
             reason = (f"{name}: continuity with the previous {DISPLAY_NAMES[previous]} answer "
                       f"tipped a close call")
@@ -302,6 +311,21 @@ class PersonaRouter:
         if words:
             reason += f" towards {what} ({_quote(words)})"
         return reason + "."
+
+
+def _what(persona: str, sig: Signals) -> str:
+    """What kind of message it is, in the words the signals allow."""
+    if persona == "abbey":
+        label, _ = sig.distress
+        if sig.tone in ("distressed", "confused") and label in _DISTRESS_NOUNS:
+            return _DISTRESS_NOUNS[label]
+        return _ABBEY_WHAT[sig.tone]
+    if persona == "aviva":
+        if "code_request" in sig.intents:
+            return "a code request"
+        if "command" in sig.intents:
+            return "a shell command"
+    return _WHAT[persona]
 
 
 def _lexicon_words(tally: Tally, persona: str) -> list[str]:

@@ -24,8 +24,8 @@ TEST = [row for row in CORPUS if row["split"] == "test"]
 
 # The held-out targets, and the floors the shipped model reaches today (docs/ROUTER.md): a test
 # below a floor is a regression; the targets are marked as not met yet until they are.
-TARGET_ACCURACY, FLOOR_ACCURACY = 0.95, 0.88  # measured: 0.901
-TARGET_POLICY_RECALL, FLOOR_POLICY_RECALL = 0.99, 0.87  # measured: 0.898
+TARGET_ACCURACY, FLOOR_ACCURACY = 0.95, 0.88  # measured: 0.899
+TARGET_POLICY_RECALL, FLOOR_POLICY_RECALL = 0.99, 0.87  # measured: 0.885
 TARGET_META, FLOOR_META = 0.95, 0.91  # measured: 0.941
 
 
