@@ -1,4 +1,4 @@
-"""Abi's answers to policy violations, read from `data/policy.toml`.
+"""Abi's answers to policy violations, read from `data/refusals.toml`.
 
 The server answers a flagged message itself (moderation a small model cannot talk its way out
 of): every rule has a name, the reason it is refused and a safe alternative. Self-harm is the
@@ -27,7 +27,7 @@ class PolicyRule:
 
 @cache
 def _load() -> tuple[str, dict[str, PolicyRule]]:
-    data = tomllib.loads((resources.files("abi_tui.personas") / "data" / "policy.toml").read_text("utf-8"))
+    data = tomllib.loads((resources.files("abi_tui.personas") / "data" / "refusals.toml").read_text("utf-8"))
     rules = {rule_id: PolicyRule(id=rule_id, **fields) for rule_id, fields in data["rules"].items()}
     return data["refusal"], rules
 

@@ -1,14 +1,21 @@
-"""The persona router (SPEC §5.2): which of Abi, Abbey and Aviva answers a message.
+"""The persona router: which of Abi, Abbey and Aviva answers a message.
 
-Precedence, which the weights below are tuned to follow:
-1. a policy violation, or a question about the assistant's own routing, personas or safety: Abi;
+Precedence:
+1. a policy violation, or a question about the assistant's own routing, personas or safety: Abi
+   (a message about self-harm is a flagged violation too, but Abbey answers it, with crisis
+   resources first);
 2. distress or confusion, a wish to learn, personal topics, greetings and small talk: Abbey;
 3. a technical task or question from a user who is not in distress: Aviva.
 
-A policy violation is decided outright (no override, continuity or embedding can route around
-the moderator). Everything else is a sum of weighted contributions per persona, each of which
-remembers the words that caused it, so the reason names the signals that decided. Abbey starts
-with a small lead, so a message with no signal at all, and any tie, goes to her.
+What decides is a trained classifier (`classifier.py`: hashed words, character n-grams and concept
+classes, two logistic-regression heads), blended with the hand-made lexicon's scores
+(`lexicon_scores.py`, weight `LEXICON_WEIGHT`), and rules where rules are right: a few
+high-precision patterns decide a violation outright (`data/policy.toml`: `rm -rf /`, a fork
+bomb), as does the lexicon's own policy flag; a violation is decided before anything else (no
+`@persona` prefix, persona chosen in the UI, continuity or embedding can route around the
+moderator); an explicit choice otherwise wins; the previous persona gets `HYSTERESIS` added to
+its score, and a bare follow-up ("and the second one?") stays with it. Ties go to Abbey. `docs/ROUTER.md`
+describes the corpus the classifier is trained on and its held-out figures.
 """
 
 from __future__ import annotations
@@ -16,12 +23,23 @@ from __future__ import annotations
 import logging
 import math
 import re
+import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from abi_tui.errors import InvalidRequest
-from abi_tui.personas.catalogue import AUTO, DEFAULT_PERSONA, DISPLAY_NAMES, PERSONA_IDS
+from abi_tui.personas.catalogue import AUTO, DISPLAY_NAMES, PERSONA_IDS
+from abi_tui.personas.classifier import (
+    CONTENTLESS,
+    DATA,
+    Prediction,
+    RouterModel,
+    concept_hits,
+    default_model,
+)
+from abi_tui.personas.lexicon_scores import Tally, distribution, lexicon_tally
 from abi_tui.personas.signals import Signals, analyze
 
 log = logging.getLogger(__name__)
@@ -30,13 +48,20 @@ log = logging.getLogger(__name__)
 Similarity = Callable[[str], Mapping[str, float] | None]
 
 HYSTERESIS = 0.2
-BASE_ABBEY = 0.3
+LEXICON_WEIGHT = 0.3  # the lexicon's share of the persona scores (tuned on the dev split)
+FOLLOW_UP_WORDS = 6  # a message this short with no topic of its own continues the conversation
+POLICY_PATH = DATA / "policy.toml"
+SELF_HARM = "self_harm"
 _TIE_ORDER = {"abbey": 2, "abi": 1, "aviva": 0}  # ties go to Abbey
-_SOFTMAX_T = 0.25
+_ROUTE_PERSONA = {"meta": "abi", "abbey": "abbey", "aviva": "aviva"}
 
+_QUOTED_RE = re.compile(r"'(.+?)'(?=, '|\)|$)")  # the items of a lexicon reason's quote
 _OVERRIDE_RE = re.compile(r"^\s*@(abi|abbey|aviva)(?![\w-])[\s,:;.!?\-]*", re.I)
-_VOCATIVE_RE = re.compile(r"^\s*(abi|abbey|aviva)\s*[,:!\-]", re.I)
 
+_WHAT = {
+    "abi": "a question about the assistant's routing, personas or safety",
+    "aviva": "a technical task or question",
+}
 _DISTRESS_NOUNS = {
     "frustrated": "frustration",
     "confused": "confusion",
@@ -45,6 +70,13 @@ _DISTRESS_NOUNS = {
     "sad": "sadness",
     "disappointed": "disappointment",
     "overwhelmed": "feeling overwhelmed",
+}
+_ABBEY_WHAT = {
+    "distressed": "distress",
+    "confused": "confusion",
+    "curious": "a wish to understand",
+    "upbeat": "good spirits or small talk",
+    "neutral": "a personal or everyday topic",
 }
 
 
@@ -55,44 +87,52 @@ class RoutingDecision:
     reason: str
     signals: dict[str, Any]
     scores: dict[str, float]
-    policy: str | None = None  # the rule a policy violation breaks
+    policy: str | None = None  # the policy rule id a violation breaks (self_harm included)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "persona": self.persona,
-            "policy": self.policy,
             "confidence": self.confidence,
             "reason": self.reason,
             "signals": self.signals,
             "scores": dict(self.scores),
+            "policy": self.policy,
         }
 
     def summary(self) -> dict[str, Any]:
-        """The short form carried by `abi.start` events: persona, confidence, reason."""
-        return {"persona": self.persona, "confidence": self.confidence, "reason": self.reason}
+        """The short form carried by `abi.start` events: persona, confidence, reason, policy."""
+        return {"persona": self.persona, "confidence": self.confidence, "reason": self.reason,
+                "policy": self.policy}
 
 
-@dataclass(slots=True)
-class _Contribution:
-    persona: str
-    delta: float
-    signal: str
-    text: str
+@dataclass(frozen=True, slots=True)
+class PolicyPattern:
+    rule: str
+    what: str
+    regex: re.Pattern[str]
 
 
-@dataclass
-class _Tally:
-    items: list[_Contribution] = field(default_factory=list)
+@dataclass(frozen=True, slots=True)
+class PolicyRules:
+    names: dict[str, str]  # rule id -> what it is about, for reasons
+    patterns: tuple[PolicyPattern, ...]
+    lexicon_categories: dict[str, str]  # signals.py's policy category -> rule id
 
-    def add(self, persona: str, delta: float, signal: str, text: str) -> None:
-        self.items.append(_Contribution(persona, delta, signal, text))
+    def match(self, text: str) -> tuple[PolicyPattern, str] | None:
+        for pattern in self.patterns:
+            found = pattern.regex.search(text)
+            if found:
+                return pattern, " ".join(found.group(0).split())
+        return None
 
-    def scores(self, *, skip: str | None = None) -> dict[str, float]:
-        out = dict.fromkeys(PERSONA_IDS, 0.0)
-        for c in self.items:
-            if c.signal != skip:
-                out[c.persona] += c.delta
-        return out
+
+@lru_cache(maxsize=1)
+def policy_rules() -> PolicyRules:
+    with POLICY_PATH.open("rb") as f:
+        data = tomllib.load(f)
+    patterns = tuple(PolicyPattern(p["rule"], p["what"], re.compile(p["regex"], re.I))
+                     for p in data.get("patterns", []))
+    return PolicyRules(dict(data["rules"]), patterns, dict(data.get("lexicon_categories", {})))
 
 
 def split_override(content: str) -> tuple[str | None, str]:
@@ -111,12 +151,6 @@ def _winner(scores: Mapping[str, float]) -> str:
     return max(PERSONA_IDS, key=lambda p: (round(scores[p], 9), _TIE_ORDER[p]))
 
 
-def _confidence(scores: Mapping[str, float], winner: str) -> float:
-    top = max(scores.values())
-    weights = {p: math.exp((s - top) / _SOFTMAX_T) for p, s in scores.items()}
-    return round(weights[winner] / sum(weights.values()), 3)
-
-
 class PersonaRouter:
     """Routes a message to a persona in well under a millisecond (without embeddings).
 
@@ -127,10 +161,12 @@ class PersonaRouter:
     """
 
     def __init__(self, *, similarity: Similarity | None = None, embedding_weight: float = 0.3,
-                 hysteresis: float = HYSTERESIS) -> None:
+                 hysteresis: float = HYSTERESIS, model: RouterModel | None = None) -> None:
         self.similarity = similarity
         self.embedding_weight = embedding_weight
         self.hysteresis = hysteresis
+        self.model = model or default_model()
+        self.rules = policy_rules()
 
     # -- public API -----------------------------------------------------------------------
 
@@ -154,169 +190,161 @@ class PersonaRouter:
         forced = inline or _check_persona(override, "override")
         previous = _check_persona(previous, "previous")
         sig = analyze(cleaned)
+        pred = self.model.predict(cleaned)
         signals = sig.to_dict()
         signals["override"] = forced
         signals["previous"] = previous
+        signals["classifier"] = {k: round(v, 3) for k, v in pred.routes.items()}
+        signals["policy"] = None
+        tally = lexicon_tally(sig, cleaned)
+        learned = _persona_scores(pred)
+        lexicon = distribution(tally.scores())
+        scores = {p: (1 - LEXICON_WEIGHT) * learned[p] + LEXICON_WEIGHT * lexicon[p]
+                  for p in PERSONA_IDS}
 
-        tally = self._tally(sig, cleaned, previous)
-        if sig.policy is not None:
-            evidence = _quote(list(sig.policy.evidence))
-            tally.add("abi", 3.0, "policy",
-                      f"a policy violation, {sig.policy.describe()} ({evidence})")
-            scores = _rounded(tally.scores())
-            reason = f"Abi: {tally.items[-1].text} is always Abi's to answer"
-            if forced and forced != "abi":
-                by = f"the @{forced} prefix" if inline else f"choosing {DISPLAY_NAMES[forced]}"
-                reason += f"; {by} does not bypass moderation"
-            rule = {"destructive_command": "destructive_commands", "malware": "malware_intrusion",
-                    "personal_data": "privacy_stalking"}.get(sig.policy.category, sig.policy.category)
-            return RoutingDecision("abi", max(0.9, _confidence(scores, "abi")), reason + ".",
-                                   signals, scores, rule), cleaned
+        violation = self._violation(cleaned, pred, sig)
+        if violation is not None:
+            return self._violation_decision(violation, forced, inline, signals, scores), cleaned
 
         if forced:
-            scores = _rounded(tally.scores())
             if inline:
                 reason = f"{DISPLAY_NAMES[forced]}: forced by the @{forced} prefix, not routed."
             else:
                 reason = f"{DISPLAY_NAMES[forced]}: selected for this chat, not routed."
-            return RoutingDecision(forced, 1.0, reason, signals, scores), cleaned
+            return RoutingDecision(forced, 1.0, reason, signals, _rounded(scores)), cleaned
 
+        base_winner = _winner(scores)
+        lexicon_tipped = base_winner != _winner(learned)
         if previous:
-            tally.add(previous, self.hysteresis, "continuity",
-                      f"continuity with the previous {DISPLAY_NAMES[previous]} answer")
-        sims = similarities
+            scores[previous] += self.hysteresis
+            if _is_bare_follow_up(cleaned):
+                # "and the second one?" says nothing the classifier can read: it belongs to
+                # the conversation, so the previous persona leads whatever the priors say.
+                scores[previous] = max(scores[previous], max(scores.values()) + 0.01)
+        self._blend_similarities(cleaned, similarities, scores, signals)
+        winner = _winner(scores)
+        words = pred.evidence({"abi": "meta"}.get(winner, winner))
+        signals["evidence"]["classifier"] = list(words)
+        tipped_by = None
+        if winner != base_winner:
+            tipped_by = ("continuity" if previous == winner else "embedding similarity")
+        if lexicon_tipped and not tipped_by:
+            words = _lexicon_words(tally, winner) or words
+        reason = self._reason(winner, words, sig, tipped_by, previous)
+        confidence = round(scores[winner] / sum(scores.values()), 3)
+        return RoutingDecision(winner, confidence, reason, signals, _rounded(scores)), cleaned
+
+    # -- policy ---------------------------------------------------------------------------
+
+    def _violation(self, text: str, pred: Prediction, sig: Signals,
+                   ) -> tuple[str, list[str], float, str] | None:
+        """(rule id, evidence, confidence, how) when the message breaks a policy rule."""
+        matched = self.rules.match(text)
+        if matched is not None:
+            pattern, found = matched
+            return pattern.rule, [found], 1.0, pattern.what
+        p_policy = pred.routes["policy"]
+        if p_policy < self.model.policy_threshold:
+            flag = sig.policy
+            rule = self.rules.lexicon_categories.get(flag.category) if flag else None
+            if flag is None or rule is None:
+                return None
+            return rule, list(flag.evidence), 0.9, ""
+        rule = max(pred.rules, key=lambda r: pred.rules[r])
+        return rule, pred.evidence(rule) or pred.evidence("policy"), round(p_policy, 3), ""
+
+    def _violation_decision(self, violation: tuple[str, list[str], float, str],
+                            forced: str | None, inline: bool, signals: dict[str, Any],
+                            scores: dict[str, float]) -> RoutingDecision:
+        rule, words, confidence, how = violation
+        persona = "abbey" if rule == SELF_HARM else "abi"
+        signals["policy"] = {"category": rule, "evidence": list(words)}
+        name = self.rules.names.get(rule, rule)
+        evidence = _quote(words)
+        shown = f"{how}, {evidence}" if how else evidence
+        if persona == "abbey":
+            reason = (f"Abbey: a message about {name} ({shown}) is always Abbey's to answer, "
+                      "with crisis resources first")
+        else:
+            reason = f"Abi: a policy violation, {name} ({shown}), is always Abi's to answer"
+        if forced and forced != persona:
+            by = f"the @{forced} prefix" if inline else f"choosing {DISPLAY_NAMES[forced]}"
+            reason += f"; {by} does not bypass moderation"
+        return RoutingDecision(persona, confidence, reason + ".", signals, _rounded(scores),
+                               policy=rule)
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def _blend_similarities(self, content: str, sims: Mapping[str, float] | None,
+                            scores: dict[str, float], signals: dict[str, Any]) -> None:
         if sims is None and self.similarity is not None:
             try:
-                sims = self.similarity(cleaned)
+                sims = self.similarity(content)
             except Exception:  # the hook is optional; a broken one must not stop routing
                 log.exception("persona similarity hook failed; routing without embeddings")
                 sims = None
         if sims is not None and not isinstance(sims, Mapping):
             log.warning("persona similarities must be a mapping, got %s", type(sims).__name__)
             sims = None
-        if sims:
-            for persona in PERSONA_IDS:
-                value = sims.get(persona)
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    value = min(1.0, max(0.0, float(value)))
-                    tally.add(persona, self.embedding_weight * value, "embedding",
-                              f"embedding similarity {value:.2f}")
-            signals["similarities"] = {k: round(float(v), 3) for k, v in sims.items()
-                                       if isinstance(v, (int, float)) and math.isfinite(v)}
+        if not sims:
+            return
+        for persona in PERSONA_IDS:
+            value = sims.get(persona)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                scores[persona] += self.embedding_weight * min(1.0, max(0.0, float(value)))
+        signals["similarities"] = {k: round(float(v), 3) for k, v in sims.items()
+                                   if isinstance(v, (int, float)) and math.isfinite(v)}
 
-        raw = tally.scores()
-        winner = _winner(raw)
-        scores = _rounded(raw)
-        reason = self._reason(winner, tally, raw, sig)
-        return RoutingDecision(winner, _confidence(raw, winner), reason, signals, scores), cleaned
-
-    # -- scoring --------------------------------------------------------------------------
-
-    def _tally(self, sig: Signals, content: str, previous: str | None) -> _Tally:
-        t = _Tally()
-        ev = sig.evidence
-        intents = sig.intents
-        # Abbey is the default for a new conversation. In a running one the default is its
-        # persona: a bare follow-up ("and the second one?") stays where it was, on top of
-        # the hysteresis bonus added in route().
-        if previous is None or previous == DEFAULT_PERSONA:
-            t.add(DEFAULT_PERSONA, BASE_ABBEY, "default", "Abbey is the default")
-        else:
-            t.add(DEFAULT_PERSONA, BASE_ABBEY / 3, "default", "Abbey is the default")
-            t.add(previous, BASE_ABBEY / 3, "default", "the conversation's persona")
-
-        # Abi: questions about the assistant itself. A persona's name used to address her at
-        # the start ("Aviva, how do I...") is a nudge towards her, not a question about her.
-        vocative = _VOCATIVE_RE.match(content)
-        meta = list(ev.get("meta", []))
-        if vocative:
-            name = vocative.group(1).lower()
-            meta = [m for m in meta if m != name]
-            t.add(name, 0.3, "vocative", f"being addressed by name ('{vocative.group(1)}')")
-        if meta:
-            t.add("abi", 1.5, "meta",
-                  f"a question about the assistant's routing, personas or safety ({_quote(meta)})")
-
-        # Aviva: technical work.
-        tech = sig.technical
-        task = any(k in intents for k in ("code_request", "command", "question", "request",
-                                          "debugging", "direct"))
-        if tech >= 0.25:
-            t.add("aviva", 0.2 + 0.5 * tech, "technical",
-                  f"technical terms ({_quote(ev.get('technical'))})")
-        if "code_request" in intents:
-            t.add("aviva", 0.2, "code_request", f"a code request ({_quote(ev['code_request'])})")
-        if "command" in intents:
-            t.add("aviva", 0.3, "command", f"a shell command ({_quote(ev['command'])})")
-        if "debugging" in intents and tech >= 0.25:
-            t.add("aviva", 0.15 * intents["debugging"], "debugging",
-                  f"debugging ({_quote(ev['debugging'])})")
-        if "direct" in intents:
-            t.add("aviva", 0.3 * intents["direct"], "direct",
-                  f"a request for a direct answer ({_quote(ev['direct'])})")
-
-        # Abbey: distress, confusion, learning, people.
-        label, distress = sig.distress
-        if label is not None and distress >= 0.4:
-            text = f"{_DISTRESS_NOUNS[label]} ({_quote(ev.get(label))})"
-            t.add("abbey", 0.35 + 0.25 * distress, label, text)
-            t.add("aviva", -0.1, label, text)
-        frustration = sig.emotions.get("frustrated", 0.0)
-        if frustration >= 0.4:
-            t.add("abbey", 0.4, "frustrated", f"frustration ({_quote(ev.get('frustrated'))})")
-        if sig.urgency > 0.7:
-            t.add("abbey", 0.3, "urgency", f"urgency ({_quote(ev.get('urgency'))})")
-        if sig.learning >= 0.3:
-            t.add("abbey", 0.45 * sig.learning, "learning",
-                  f"a wish to understand ({_quote(ev.get('learning'))})")
-        social = [(intents.get(k, 0.0), k) for k in ("greeting", "farewell", "thanks", "ack")]
-        strength, kind = max(social)
-        if strength > 0:
-            # Pleasantries are the message only when nothing else is asked of us.
-            weight = (0.15 if task or tech >= 0.5 else 0.35) * strength
-            noun = {"greeting": "a greeting", "farewell": "a farewell", "thanks": "thanks",
-                    "ack": "an acknowledgement"}[kind]
-            t.add("abbey", weight, kind, f"{noun} ({_quote(ev.get(kind))})")
-        if sig.personal > 0:
-            t.add("abbey", 0.35 * sig.personal, "personal",
-                  f"a personal topic ({_quote(ev.get('personal'))})")
-        upbeat = max(sig.emotions.get("happy", 0.0), sig.emotions.get("excited", 0.0))
-        if upbeat >= 0.4:
-            words = ev.get("happy", []) + ev.get("excited", [])
-            t.add("abbey", 0.15 + 0.1 * upbeat, "upbeat", f"good spirits ({_quote(words)})")
-        return t
-
-    def _reason(self, winner: str, tally: _Tally, scores: Mapping[str, float],
-                sig: Signals) -> str:
+    def _reason(self, winner: str, words: list[str], sig: Signals, tipped_by: str | None,
+                previous: str | None) -> str:
         name = DISPLAY_NAMES[winner]
-        without = tally.scores(skip="continuity")
-        tipped = _winner(without) != winner
-        mine = sorted((c for c in tally.items if c.persona == winner and c.delta > 0
-                       and c.signal not in ("default", "continuity")), key=lambda c: -c.delta)
-        parts: list[str] = []
-        for c in mine:
-            if c.text not in parts:  # a distress boost and the frustration boost share words
-                parts.append(c.text)
-        continuity = next((c.text for c in tally.items
-                           if c.signal == "continuity" and c.persona == winner), None)
-        if continuity and (tipped or not parts):
-            parts.insert(0, continuity)
-        if not parts:
-            reason = f"{name} by default: no technical, emotional or policy signal stood out"
+        what = _what(winner, sig)
+        if tipped_by == "continuity" and previous:
+            reason = (f"{name}: continuity with the previous {DISPLAY_NAMES[previous]} answer "
+                      f"tipped a close call")
+        elif tipped_by:
+            reason = f"{name}: embedding similarity tipped a close call"
+        elif not words:
+            return f"{name} by default: no technical, emotional or policy signal stood out."
         else:
-            reason = f"{name}: " + " and ".join(parts[:2])
-            others = [p for p in PERSONA_IDS if p != winner]
-            runner = max(others, key=lambda p: scores[p])
-            theirs = sorted((c for c in tally.items if c.persona == runner and c.delta >= 0.2
-                             and c.signal not in ("default", "continuity")),
-                            key=lambda c: -c.delta)
-            if theirs and scores[runner] > 0.35:
-                reason += f" outweighed {theirs[0].text} for {DISPLAY_NAMES[runner]}"
-            else:
-                reason += " decided"
-        if sig.negated:
-            reason += f" ({_quote(sig.negated)} read as negated)"
+            return f"{name}: {what} ({_quote(words)}) decided."
+        if words:
+            reason += f" towards {what} ({_quote(words)})"
         return reason + "."
+
+
+def _what(persona: str, sig: Signals) -> str:
+    """What kind of message it is, in the words the signals allow."""
+    if persona == "abbey":
+        label, _ = sig.distress
+        if sig.tone in ("distressed", "confused") and label in _DISTRESS_NOUNS:
+            return _DISTRESS_NOUNS[label]
+        return _ABBEY_WHAT[sig.tone]
+    if persona == "aviva":
+        if "code_request" in sig.intents:
+            return "a code request"
+        if "command" in sig.intents:
+            return "a shell command"
+    return _WHAT[persona]
+
+
+def _lexicon_words(tally: Tally, persona: str) -> list[str]:
+    """The words behind the lexicon's strongest contribution to a persona."""
+    best = max((c for c in tally.items if c.persona == persona and c.delta > 0
+                and c.signal != "default"), key=lambda c: c.delta, default=None)
+    return _QUOTED_RE.findall(best.text) if best else []
+
+
+def _is_bare_follow_up(text: str) -> bool:
+    if len(text.split()) > FOLLOW_UP_WORDS:
+        return False
+    return not set(concept_hits(text)) - CONTENTLESS
+
+
+def _persona_scores(pred: Prediction) -> dict[str, float]:
+    """The non-policy routes as persona scores summing to 1."""
+    total = sum(pred.routes[r] for r in _ROUTE_PERSONA) or 1.0
+    return {_ROUTE_PERSONA[r]: pred.routes[r] / total for r in _ROUTE_PERSONA}
 
 
 def _rounded(scores: Mapping[str, float]) -> dict[str, float]:

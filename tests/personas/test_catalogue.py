@@ -66,7 +66,7 @@ def test_catalogue_dict_for_the_api():
 @pytest.mark.parametrize(("message", "tone", "low", "high"), [
     ("I'm so frustrated and stressed, nothing works!!", "distressed", 0.4, 0.5),
     ("I'm a bit confused about closures", "confused", 0.5, 0.65),
-    ("Can you explain how recursion works?", "curious", 0.7, 0.7),
+    ("Could you explain why the sky is blue?", "curious", 0.7, 0.7),
     ("hi there! I got the job!", "upbeat", 0.75, 0.85),
     ("what should I cook tonight", "neutral", 0.7, 0.7),
 ])

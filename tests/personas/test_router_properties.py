@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from abi_tui.personas.catalogue import sampling_for
-from abi_tui.personas.router import PersonaRouter
+from abi_tui.personas.classifier import POLICY_RULES
+from abi_tui.personas.router import PersonaRouter, split_override
 from abi_tui.personas.signals import LEXICONS
 
 ROUTER = PersonaRouter()
@@ -26,10 +27,18 @@ WORDY = st.lists(
 def check(content: str, previous: str | None) -> None:
     decision, cleaned = ROUTER.route_message(content, previous=previous)
     assert decision.persona in ("abi", "abbey", "aviva")
+    assert decision.policy is None or decision.policy in POLICY_RULES
+    if decision.policy is not None:
+        assert decision.persona == ("abbey" if decision.policy == "self_harm" else "abi")
+    if decision.policy is not None and split_override(cleaned)[0] is None:
+        # No override, prefix or history routes around a violation.
+        for persona in ("abi", "abbey", "aviva"):
+            forced = ROUTER.route(cleaned, override=persona, previous=persona)
+            assert (forced.persona, forced.policy) == (decision.persona, decision.policy)
     assert 0.0 <= decision.confidence <= 1.0
     assert decision.reason.endswith(".") and "\n" not in decision.reason
     assert content.endswith(cleaned)
-    json.dumps(decision.to_dict())
+    assert json.loads(json.dumps(decision.to_dict()))["policy"] == decision.policy
     params = sampling_for(decision)
     assert 0.2 <= params.temperature <= 0.85
 

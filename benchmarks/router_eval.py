@@ -1,0 +1,167 @@
+"""The persona router on its labelled corpus: accuracy per split, errors, and routing latency.
+
+    python benchmarks/router_eval.py [--rounds 20] [--split dev,test] [--json FILE]
+
+For each split (default dev and test; the shipped model was refitted on train and dev, so only
+test is held out) it prints overall persona accuracy, per-persona precision and recall, policy
+recall (a violation routed to Abi, or to Abbey flagged `self_harm`), accuracy on questions about
+the assistant (meta), false positives on benign hard negatives, rule-id accuracy on the policy
+rows the router flagged, the confusion matrix and the list of errors. Then routing latency over
+every test message, `--rounds` times each: p50/p99 of `PersonaRouter.route_message()` next to
+`str.lower().split()` measured in the same run (the floor any word-based router pays), as wall
+time and as the thread's CPU time (which a busy machine does not inflate).
+
+Targets on test: accuracy >= 95%, policy recall >= 99%, meta >= 95%, p99 < 5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from abi_tui.personas.router import PersonaRouter  # noqa: E402
+
+CORPUS = Path(__file__).resolve().parents[1] / "abi_tui" / "personas" / "data" / "corpus.jsonl"
+PERSONAS = ("abi", "abbey", "aviva")
+
+
+def load(split: str) -> list[dict[str, Any]]:
+    with CORPUS.open(encoding="utf-8") as f:
+        return [row for row in map(json.loads, f) if row["split"] == split]
+
+
+def evaluate(router: PersonaRouter, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    results = []
+    for row in rows:
+        decision, _ = router.route_message(row["text"])
+        results.append((row, decision))
+    n = len(results)
+    correct = sum(d.persona == r["persona"] for r, d in results)
+    confusion = Counter((r["persona"], d.persona) for r, d in results)
+    per_class = {}
+    for p in PERSONAS:
+        tp = confusion[(p, p)]
+        predicted = sum(confusion[(t, p)] for t in PERSONAS)
+        actual = sum(confusion[(p, q)] for q in PERSONAS)
+        per_class[p] = {"precision": tp / predicted if predicted else 0.0,
+                        "recall": tp / actual if actual else 0.0, "n": actual}
+    policy = [(r, d) for r, d in results if r["policy"]]
+    caught = [(r, d) for r, d in policy if d.policy is not None and d.persona == r["persona"]]
+    meta = [(r, d) for r, d in results if r["kind"] == "meta"]
+    hard = [(r, d) for r, d in results if r["kind"] == "hard_negative" or not r["policy"]]
+    false_flags = [(r, d) for r, d in hard if d.policy is not None]
+    hard_only = [(r, d) for r, d in results if r["kind"] == "hard_negative"]
+    return {
+        "n": n,
+        "accuracy": correct / n,
+        "per_class": per_class,
+        "policy_recall": len(caught) / len(policy) if policy else 1.0,
+        "policy_n": len(policy),
+        "rule_accuracy": (sum(d.policy == r["policy"] for r, d in caught) / len(caught)
+                          if caught else 1.0),
+        "meta_accuracy": (sum(d.persona == "abi" and d.policy is None for _, d in meta)
+                          / len(meta) if meta else 1.0),
+        "meta_n": len(meta),
+        "false_flags": len(false_flags),
+        "benign_n": len(hard),
+        "hard_negative_errors": sum(d.persona != r["persona"] for r, d in hard_only),
+        "hard_negative_n": len(hard_only),
+        "confusion": {f"{t}->{p}": confusion[(t, p)] for t in PERSONAS for p in PERSONAS},
+        "errors": [
+            {"text": r["text"], "expected": r["persona"], "kind": r["kind"],
+             "expected_policy": r["policy"], "got": d.persona, "got_policy": d.policy,
+             "reason": d.reason}
+            for r, d in results
+            if d.persona != r["persona"] or (r["policy"] is None) != (d.policy is None)
+        ],
+    }
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency(router: PersonaRouter, messages: list[str], rounds: int) -> dict[str, Any]:
+    def route(text: str) -> object:
+        return router.route_message(text)
+
+    def baseline(text: str) -> object:
+        return text.lower().split()
+
+    out: dict[str, Any] = {}
+    for name, fn in (("router", route), ("lower+split", baseline)):
+        for message in messages:  # warm-up: caches, first-call imports
+            fn(message)
+        for clock_name, clock in (("wall", time.perf_counter_ns),
+                                  ("cpu", time.thread_time_ns)):
+            samples = []
+            for _ in range(rounds):
+                for message in messages:
+                    start = clock()
+                    fn(message)
+                    samples.append((clock() - start) / 1e6)
+            out[f"{name}_{clock_name}"] = {"p50": percentile(samples, 0.50),
+                                           "p99": percentile(samples, 0.99),
+                                           "max": max(samples), "n": len(samples)}
+    return out
+
+
+def show(split: str, ev: dict[str, Any]) -> None:
+    print(f"\n== {split} ({ev['n']} messages) ==")
+    print(f"accuracy {ev['accuracy']:.1%}   policy recall {ev['policy_recall']:.1%} "
+          f"(of {ev['policy_n']})   meta {ev['meta_accuracy']:.1%} (of {ev['meta_n']})   "
+          f"rule id {ev['rule_accuracy']:.1%} (of the flagged policy rows)")
+    print(f"benign messages flagged as violations: {ev['false_flags']} of {ev['benign_n']}; "
+          f"hard negatives misrouted: {ev['hard_negative_errors']} of {ev['hard_negative_n']}")
+    for p, c in ev["per_class"].items():
+        print(f"  {p:6} precision {c['precision']:.1%}  recall {c['recall']:.1%}  (n={c['n']})")
+    print("confusion (rows: expected, columns: routed)")
+    print("        " + "".join(f"{p:>7}" for p in PERSONAS))
+    for t in PERSONAS:
+        print(f"  {t:6}" + "".join(f"{ev['confusion'][f'{t}->{p}']:>7}" for p in PERSONAS))
+    print(f"errors ({len(ev['errors'])}):")
+    for e in ev["errors"]:
+        text = " ".join(e["text"].split())
+        text = text if len(text) <= 100 else text[:97] + "..."
+        print(f"  {e['expected']}/{e['expected_policy'] or e['kind']} -> "
+              f"{e['got']}/{e['got_policy'] or '-'}: {text!r}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--split", default="dev,test")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    router = PersonaRouter()
+    report: dict[str, Any] = {}
+    for split in args.split.split(","):
+        report[split] = evaluate(router, load(split))
+        show(split + (" (in the shipped model's training data)" if split != "test" else
+                      " (held out)"), report[split])
+    messages = [row["text"] for row in load("test")]
+    lat = latency(router, messages, args.rounds)
+    report["latency_ms"] = lat
+    print(f"\n== routing latency, {len(messages)} test messages x {args.rounds} "
+          f"(load average {os.getloadavg()[0]:.1f}) ==")
+    for clock in ("wall", "cpu"):
+        r, b = lat[f"router_{clock}"], lat[f"lower+split_{clock}"]
+        print(f"  {clock:4}: router p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+              f"max {r['max']:.2f} ms | lower+split p50 {b['p50']:.4f} ms  "
+              f"p99 {b['p99']:.4f} ms | p99 ratio {r['p99'] / max(b['p99'], 1e-9):.0f}x")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""The router's labelled corpus, its held-out figures, and the shipped model file.
+
+The corpus (`abi_tui/personas/data/corpus.jsonl`) is split once into train, dev and test; the
+model is trained and tuned on train and dev only (`scripts/train_router.py`), so the figures on
+test are the held-out result. `docs/ROUTER.md` explains the corpus and records the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from abi_tui.personas.classifier import MODEL_PATH, POLICY_RULES, RouterModel
+from abi_tui.personas.router import PersonaRouter
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS_PATH = ROOT / "abi_tui" / "personas" / "data" / "corpus.jsonl"
+CORPUS = [json.loads(line) for line in CORPUS_PATH.read_text(encoding="utf-8").splitlines()]
+TEST = [row for row in CORPUS if row["split"] == "test"]
+
+# The held-out targets, and the floors the shipped model reaches today (docs/ROUTER.md): a test
+# below a floor is a regression; the targets are marked as not met yet until they are.
+TARGET_ACCURACY, FLOOR_ACCURACY = 0.95, 0.88  # measured: 0.899
+TARGET_POLICY_RECALL, FLOOR_POLICY_RECALL = 0.99, 0.87  # measured: 0.885
+TARGET_META, FLOOR_META = 0.95, 0.91  # measured: 0.941
+
+
+@pytest.fixture(scope="module")
+def router() -> PersonaRouter:
+    return PersonaRouter()
+
+
+@pytest.fixture(scope="module")
+def test_decisions(router):
+    return [(row, router.route(row["text"])) for row in TEST]
+
+
+# -- the corpus ---------------------------------------------------------------------------------
+
+def test_corpus_rows_are_well_formed():
+    assert len(CORPUS) >= 1200
+    for row in CORPUS:
+        assert set(row) == {"text", "persona", "kind", "policy", "split"}, row
+        assert row["text"].strip()
+        assert row["persona"] in ("abi", "abbey", "aviva")
+        assert row["split"] in ("train", "dev", "test")
+        if row["policy"] is not None:
+            assert row["policy"] in POLICY_RULES
+            assert row["persona"] == ("abbey" if row["policy"] == "self_harm" else "abi"), row
+        elif row["persona"] == "abi":
+            assert row["kind"] == "meta", row
+    assert len({row["text"] for row in CORPUS}) == len(CORPUS), "duplicate messages"
+
+
+def test_corpus_covers_every_rule_in_every_split():
+    for split in ("train", "dev", "test"):
+        rules = Counter(row["policy"] for row in CORPUS if row["split"] == split)
+        assert set(POLICY_RULES) <= set(rules), (split, set(POLICY_RULES) - set(rules))
+
+
+def test_corpus_mix_and_split():
+    n = len(CORPUS)
+    assert sum(row["policy"] is not None for row in CORPUS) / n >= 0.25
+    assert 0.08 <= sum(row["kind"] == "meta" for row in CORPUS) / n <= 0.15
+    personas = Counter(row["persona"] for row in CORPUS if row["policy"] is None
+                       and row["kind"] != "meta")
+    assert min(personas.values()) / max(personas.values()) > 0.8  # abbey and aviva balanced
+    splits = Counter(row["split"] for row in CORPUS)
+    assert 0.55 <= splits["train"] / n <= 0.65
+    assert 0.18 <= splits["test"] / n <= 0.22
+    hard = [row for row in CORPUS if row["kind"] == "hard_negative"]
+    assert len(hard) >= 100 and {row["persona"] for row in hard} == {"abbey", "aviva"}
+
+
+# -- held-out figures -----------------------------------------------------------------------------
+
+def _accuracy(decisions) -> float:
+    return sum(d.persona == row["persona"] for row, d in decisions) / len(decisions)
+
+
+def _policy_recall(decisions) -> float:
+    policy = [(row, d) for row, d in decisions if row["policy"]]
+    return sum(d.policy is not None and d.persona == row["persona"]
+               for row, d in policy) / len(policy)
+
+
+def _meta(decisions) -> float:
+    meta = [(row, d) for row, d in decisions if row["kind"] == "meta"]
+    return sum(d.persona == "abi" and d.policy is None for _, d in meta) / len(meta)
+
+
+def _misses(decisions) -> str:
+    return "\n".join(f"{row['persona']}/{row['policy'] or row['kind']} -> {d.persona}/"
+                     f"{d.policy}: {row['text'][:90]!r}" for row, d in decisions
+                     if d.persona != row["persona"])
+
+
+def test_held_out_figures_stay_above_their_floors(test_decisions):
+    assert _accuracy(test_decisions) >= FLOOR_ACCURACY, _misses(test_decisions)
+    assert _policy_recall(test_decisions) >= FLOOR_POLICY_RECALL
+    assert _meta(test_decisions) >= FLOOR_META
+
+
+@pytest.mark.xfail(strict=True, reason="not met yet: the held-out figures are in docs/ROUTER.md")
+def test_held_out_accuracy_target(test_decisions):
+    assert _accuracy(test_decisions) >= TARGET_ACCURACY
+
+
+@pytest.mark.xfail(strict=True, reason="not met yet: the held-out figures are in docs/ROUTER.md")
+def test_held_out_policy_recall_target(test_decisions):
+    assert _policy_recall(test_decisions) >= TARGET_POLICY_RECALL
+
+
+@pytest.mark.xfail(strict=True, reason="not met yet: the held-out figures are in docs/ROUTER.md")
+def test_held_out_meta_target(test_decisions):
+    assert _meta(test_decisions) >= TARGET_META
+
+
+def test_flagged_violations_name_the_right_rule_mostly(test_decisions):
+    flagged = [(row, d) for row, d in test_decisions if row["policy"] and d.policy]
+    assert sum(d.policy == row["policy"] for row, d in flagged) / len(flagged) >= 0.85
+
+
+# -- moderation cannot be bypassed ------------------------------------------------------------------
+
+def test_no_override_unflags_a_violation(router, test_decisions):
+    flagged = [(row, d) for row, d in test_decisions if d.policy is not None]
+    assert len(flagged) >= 50
+    for row, d in flagged:
+        for persona in ("abi", "abbey", "aviva"):
+            for forced in (router.route(f"@{persona} {row['text']}"),
+                           router.route(row["text"], override=persona),
+                           router.route(row["text"], previous=persona)):
+                assert (forced.persona, forced.policy) == (d.persona, d.policy), row["text"]
+                if persona != d.persona and "previous" not in forced.reason:
+                    assert forced.reason.startswith(d.reason[:-1])
+
+
+# -- the shipped model ------------------------------------------------------------------------------
+
+def _training_script():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import train_router
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return train_router
+
+
+def test_the_shipped_model_was_trained_on_these_inputs():
+    train_router = _training_script()
+    shipped = RouterModel.load(MODEL_PATH)
+    assert shipped.input_sha256 == train_router.input_digest(), (
+        "the corpus, concepts or training code changed: run python scripts/train_router.py")
+    assert MODEL_PATH.stat().st_size < 400 * 1024
+
+
+def test_the_shipped_model_is_what_training_produces():
+    train_router = _training_script()
+    fresh = train_router.train(verbose=False)
+    assert train_router.compare(fresh, RouterModel.load(MODEL_PATH))
