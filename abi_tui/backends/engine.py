@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from abi_tui.backends.base import Backend, CancelFlag, GenerationRequest, Prepared, TokenChannel
-from abi_tui.backends.fixed_reply import FixedReply, Prefaced
+from abi_tui.backends.fixed_reply import FixedReply
 from abi_tui.backends.mock import MockBackend
 from abi_tui.backends.scheduler import Lane, Scheduler, Ticket
 from abi_tui.config import Settings
@@ -67,6 +67,7 @@ class Stream:
         self.created_at = time.perf_counter()
         self.created_wall = time.time()
         self.started_at: float | None = None
+        self.preface: str | None = None
         self.ended_at: float | None = None
         self.channel.on_close(self._on_close)
 
@@ -129,6 +130,8 @@ class Stream:
             if backend is not self.backend:  # a hot swap happened while this request waited
                 self.prepared = await backend.prepare(self.prepared.request)
                 self.backend = backend
+            if self.preface:  # the server's own words first (not counted as generated tokens)
+                self.channel.put(self.preface, count=False)
             backend.start(self.prepared, self.channel, self.cancel_flag)
         except AbiError as exc:
             self.channel.close(None, exc)
@@ -343,10 +346,9 @@ class InferenceEngine:
         """Validate and queue a request; raises AbiError (404, 400, 429) before anything is sent.
         `preface`: text streamed before the model's answer (not counted as generated)."""
         target = self.target(request.model)
-        backend = await target.get_backend()
-        if preface:
-            backend = Prefaced(backend, preface)
-        return await self._open(target, backend, request)
+        stream = await self._open(target, await target.get_backend(), request)
+        stream.preface = preface
+        return stream
 
     async def open_reply(self, request: GenerationRequest, text: str) -> Stream:
         """A reply the server writes itself (Abi's refusal): the request reaches no model."""

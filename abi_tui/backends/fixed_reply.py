@@ -2,8 +2,7 @@
 
 Abi's refusal of a policy violation goes through the same streams, events, persistence and
 usage accounting as any answer (so every client shows it the same way), without the request's
-text reaching any model. `Prefaced` puts a fixed text before a model's own answer (the
-crisis-line message before Abbey's reply to someone in distress).
+text reaching any model.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import asyncio
 import re
 from typing import Any
 
-from abi_tui.backends.base import Backend, CancelFlag, GenerationRequest, Prepared, TokenChannel
+from abi_tui.backends.base import CancelFlag, GenerationRequest, Prepared, TokenChannel
 
 MODERATION_MODEL = "abi/moderation"
 _PIECES = re.compile(r"\s*\S+")
@@ -42,29 +41,3 @@ class FixedReply:
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.model_id, "kind": self.kind}
-
-
-class Prefaced:
-    """`inner` with `preface` sent first (not counted as generated tokens)."""
-
-    def __init__(self, inner: Backend, preface: str) -> None:
-        self.inner = inner
-        self.preface = preface
-        self.model_id, self.kind = inner.model_id, inner.kind
-
-    @property
-    def capacity(self) -> int:
-        return self.inner.capacity
-
-    async def prepare(self, request: GenerationRequest) -> Prepared:
-        return await self.inner.prepare(request)
-
-    def start(self, prepared: Prepared, channel: TokenChannel, cancel: CancelFlag) -> None:
-        channel.put(self.preface, count=False)
-        self.inner.start(prepared, channel, cancel)
-
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
-
-    def __getattr__(self, name: str) -> Any:  # tokenize, n_ctx_seq, ...: the model's own
-        return getattr(self.inner, name)
