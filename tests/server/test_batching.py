@@ -101,3 +101,30 @@ async def test_flash_attention_setting_reaches_llama_cpp(app_server, tiny_model)
         async with aiohttp.ClientSession(server.url) as session:
             assert await complete(session, "alpha beta", max_tokens=8)
     assert compute["off"] > 2 * compute["on"], compute
+
+
+async def test_a_pinned_prefix_is_prefilled_once_and_answers_do_not_change(app_server, tiny_model):
+    """A prompt that starts with a pinned prefix copies its cells instead of prefilling them,
+    in every free sequence, and answers exactly as a fresh llama.cpp context does; a second pin
+    for the same key with other text replaces the first."""
+    from llama_cpp import Llama
+    from tiny_gguf import LLAMA_KWARGS
+
+    # n_ctx 512: the personas' own prefixes (thousands of byte tokens here) do not fit the pins.
+    server = await app_server(model=str(tiny_model), parallel=2, threads=1, n_ctx=512)
+    backend = server.state.engine.active_backend()
+    prefix = "A shared instruction block that every conversation starts with. " * 3
+    done = backend.pin_prefix("persona:test", prefix)
+    assert done is not None and await asyncio.to_thread(done.wait, 30)
+    assert backend.stats()["prefixes_pinned"] == {"persona:test": len(prefix.encode()) + 1}  # bytes + BOS
+    prompts = [prefix + "First question?", prefix + "Another one, longer than the first?", prefix + "Third?"]
+    async with aiohttp.ClientSession(server.url) as session:
+        answers = await asyncio.gather(*(complete(session, p, max_tokens=12) for p in prompts[:2]))
+        answers.append(await complete(session, prompts[2], max_tokens=12))
+    assert backend.prompt_tokens_reused >= 3 * len(prefix.encode())
+    fresh = Llama(model_path=str(tiny_model), n_ctx=512, **LLAMA_KWARGS)
+    for prompt, answer in zip(prompts, answers):
+        assert answer == fresh.create_completion(prompt, max_tokens=12, temperature=0)["choices"][0]["text"]
+    other = "A different block. " * 4
+    assert await asyncio.to_thread(backend.pin_prefix("persona:test", other).wait, 30)
+    assert backend.stats()["prefixes_pinned"] == {"persona:test": len(other.encode()) + 1}
