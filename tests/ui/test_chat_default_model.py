@@ -12,7 +12,7 @@ pytestmark = pytest.mark.real_model
 
 @pytest.fixture
 def default_model_app(make_app):
-    server = UiServer({"models.default": "demo-chat", "server.threads": 2}).start()
+    server = UiServer({"models.default": "demo-chat", "server.threads": 2, "server.n_ctx": 2048}).start()
     yield make_app(server)
     server.stop()
 
