@@ -8,9 +8,9 @@ Checked for every request before the token and before the body is read:
 - Origin: a request that carries one (browsers send it on every cross-origin request and on
   every POST) is served only for the server's own origin and `server.cors_origins`. Those get
   CORS headers and answered preflights; every other origin gets 403, preflight or not.
-- Content type: a body (or a Content-Type header) on anything but GET/HEAD/OPTIONS must be
-  `application/json`. The three content types a page may send without a preflight (text/plain,
-  form-urlencoded, multipart) and a body without a type get 415.
+- Content type: a body on anything but GET/HEAD/OPTIONS must be `application/json`. The three
+  content types a page may send without a preflight (text/plain, form-urlencoded, multipart)
+  and a body without a type get 415.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ CORS_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type"
 CORS_EXPOSE = "X-Request-Id, X-Download-Id, Retry-After"
 CORS_MAX_AGE_S = 600
-ALLOWED_ORIGIN = "abi_allowed_origin"  # request key: the origin whose responses carry CORS headers
+# The allowed origin a request carries: its responses get CORS headers.
+ALLOWED_ORIGIN = web.RequestKey("abi_allowed_origin", str) if hasattr(web, "RequestKey") else "abi_allowed_origin"
 
 
 class Forbidden(AbiError):
@@ -143,13 +144,12 @@ def check_origin(request: web.Request, settings: Settings) -> str | None:
 
 
 def check_content_type(request: web.Request) -> None:
-    if request.method in BODYLESS_METHODS:
-        return
+    if request.method in BODYLESS_METHODS or not request.body_exists:
+        return  # nothing to read (download controls, DELETE; aiohttp labels an empty POST octet-stream)
     header = request.headers.get("Content-Type")
-    if header is None and not request.body_exists:
-        return  # a POST or DELETE without a body (download controls, curl -X DELETE)
     if header is None:
-        raise UnsupportedMediaType("the request has a body but no Content-Type: send 'Content-Type: application/json'")
+        raise UnsupportedMediaType("the request has a body but no Content-Type: "
+                                   "send 'Content-Type: application/json'")
     if not is_json_content_type(header):
         raise UnsupportedMediaType(f"send the body as application/json, not {header[:100]!r}")
 

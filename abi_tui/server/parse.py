@@ -85,8 +85,7 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
     middleware checks it first) so that no route can read a body a page could have sent."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the {limit}-byte limit")
-    header = request.headers.get("Content-Type")
-    if (header is not None or request.body_exists) and not is_json_content_type(header or ""):
+    if request.body_exists and not is_json_content_type(request.headers.get("Content-Type", "")):
         raise UnsupportedMediaType("send the body as application/json with 'Content-Type: application/json'")
     body = bytearray()
     async for chunk in request.content.iter_chunked(65536):
