@@ -45,6 +45,8 @@ def nesting_depth_over(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether `raw` nests arrays/objects deeper than `limit`: strings cut out and everything but
     brackets dropped (in C), then one pass that stops at the first level over the limit. The
     parser itself recurses per level, so this runs before it."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False  # too few openers to nest that deep (most bodies: no scan at all)
     brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
     if len(brackets) <= limit:
         return False
