@@ -331,6 +331,10 @@ def resolve_client_model(spec: str, settings: Any) -> Path:
             return stores.assemble_demo_model()
         if "several" in exc.message:
             raise
+        if parsed.kind != "url":  # `owner/file.gguf` relative to the working directory, if allowed
+            found = confine.file_inside(Path(text), settings.client_model_dirs)
+            if found is not None:
+                return found
         if parsed.kind in ("hub", "url"):
             raise ModelNotFound(f"{text} is not downloaded yet; run `abi model download {text}`") from None
         raise
