@@ -74,8 +74,14 @@ def loads_json(raw: bytes | str, limit: int, what: str = "the request body") -> 
         raise InvalidRequest(f"{what} nests arrays and objects deeper than {MAX_JSON_DEPTH} levels",
                              code="json_too_deep")
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # UTF-8 only (json.loads would guess UTF-16/32 from bytes, and those are not what the
+        # bracket scan above reads); a byte-order mark is tolerated.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidJson(f"{what} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise InvalidJson(f"{what} is not valid JSON: {exc}") from None
     if b"\\u" in raw:  # only a backslash-u escape can smuggle in a lone surrogate
         check_text(data)

@@ -84,6 +84,9 @@ CASES = [
     ("deep nesting on another route", "POST", "/admin/reload", AUTH, b"[" * 100_000, 400, "json_too_deep", None),
     ("brackets inside a string are text", "POST", CHAT, AUTH, body(model="tiny", messages=[
         {"role": "user", "content": "[{" * 3000}]), 400, "context_length_exceeded", "messages"),
+    ("utf-16 body", "POST", CHAT, AUTH, body().decode().encode("utf-16"), 400, "invalid_request", None),
+    ("utf-8 encoded surrogate", "POST", CHAT, AUTH, body(messages=[{"role": "user", "content": "a"}]).replace(
+        b'"a"', b'"\xed\xa0\x80"'), 400, "invalid_request", None),
     ("text/plain", "POST", CHAT, {"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"}, body(), 415,
      "unsupported_media_type", None),
     ("multipart", "POST", CHAT, {"Authorization": f"Bearer {TOKEN}", "Content-Type": "multipart/form-data; boundary=x"},
