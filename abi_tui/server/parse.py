@@ -276,9 +276,11 @@ def sampling_params(data: dict) -> SamplingParams:
     for key, off in UNSUPPORTED_OFF.items():
         if not _is_one_of(data.get(key), off):
             raise InvalidRequest(f"'{key}' is not supported by this server", param=key)
-    max_tokens = _integer(data, "max_completion_tokens", lo=1)
-    if max_tokens is None:
-        max_tokens = _integer(data, "max_tokens", lo=1)
+    # Both checked (a wrong max_tokens is a 400 even when max_completion_tokens wins).
+    max_completion_tokens = _integer(data, "max_completion_tokens", lo=1)
+    max_tokens = _integer(data, "max_tokens", lo=1)
+    if max_completion_tokens is not None:
+        max_tokens = max_completion_tokens
     json_mode = False
     response_format = data.get("response_format")
     if response_format is not None:
