@@ -63,6 +63,12 @@ SERVER_FLAGS: dict[str, tuple[str, dict]] = {
     "server.parallel": ("--parallel", {"type": positive_int, "help": "sequences decoded together per model (4)"}),
     "server.flash_attn": ("--flash-attn", {"choices": ("auto", "on", "off"),
                                            "help": "llama.cpp flash attention (auto: llama.cpp decides)"}),
+    "server.cors_origins": ("--cors-origins", {"metavar": "ORIGINS",
+                                               "help": "comma-separated origins whose pages may call the API"}),
+    "server.allowed_hosts": ("--allowed-hosts", {"metavar": "HOSTS",
+                                                 "help": "comma-separated Host names accepted besides localhost"}),
+    "server.model_dirs": ("--model-dirs", {"metavar": "DIRS",
+                                           "help": "comma-separated folders API clients may load models from"}),
 }
 
 

@@ -51,6 +51,15 @@ class ServerConfig:
     stream_coalesce_ms: float = 1.0
     # A stream whose client accepts no bytes for this long is dropped (0 = never): bounded memory.
     write_timeout_s: float = 30.0
+    # Browser-facing guards (docs/SECURITY.md). Origins, besides the server's own, whose pages may
+    # call the API (scheme://host[:port]); empty = none.
+    cors_origins: list[str] = field(default_factory=list)
+    # Host header values accepted besides localhost, 127.0.0.1 and [::1] (on a loopback bind, only
+    # those; elsewhere, when set, only these). A name without a port matches any port.
+    allowed_hosts: list[str] = field(default_factory=list)
+    # Directories whose GGUF files API clients may name by path (besides the cache and the known
+    # stores); empty = the models folder ($ABI_HOME/models).
+    model_dirs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -118,6 +127,12 @@ class Settings:
         return self.home / "logs"
 
     @property
+    def client_model_dirs(self) -> list[Path]:
+        """Where a model path sent by an API client may point (`server.model_dirs`)."""
+        dirs = [Path(d).expanduser() for d in self.server.model_dirs if d.strip()]
+        return dirs or [self.models_dir]
+
+    @property
     def admin_token(self) -> str | None:
         return self.server.admin_token or self.server.token
 
@@ -155,7 +170,14 @@ def _field_type(cls: type, name: str) -> type:
 
 
 def coerce(value: Any, kind: type, where: str) -> Any:
-    """Convert a TOML or environment value to the setting's type, or raise ConfigError."""
+    """Convert a TOML or environment value to the setting's type, or raise ConfigError. A list
+    setting takes a TOML array of strings, or one comma-separated string (environment, flags)."""
+    if typing.get_origin(kind) is list:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return [item.strip() for item in value if item.strip()]
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
     if isinstance(value, str) and kind is not str:
         text = value.strip()
         if text.lower() in ("", "none", "null") and kind is not bool:
@@ -294,6 +316,8 @@ def save_setting(settings: Settings, dotted: str, value: Any) -> None:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

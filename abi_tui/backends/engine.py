@@ -209,24 +209,33 @@ class InferenceEngine:
         return bool((lane and lane.active) or (active_busy and active_busy.active))
 
     # --------------------------------------------------------------------------------- models
-    def resolve_path(self, spec: str) -> tuple[str, Path]:
-        """A model spec to (name, GGUF path); raises ModelNotFound."""
+    def resolve_path(self, spec: str, *, trusted: bool = False) -> tuple[str, Path]:
+        """A model spec to (name, GGUF path); raises ModelNotFound. Every model name that reaches
+        a backend passes here. Only specs the user wrote (`--model`, config.toml) are `trusted`
+        to name any file; a spec from an API client (requests, reload, persona chat, the pool)
+        resolves only to the cache, the known stores and `server.model_dirs`, and a refused path
+        gets the same 404 as a missing one (docs/SECURITY.md)."""
         resident = self.pool.get_resident(spec)
         if resident is not None:
             return spec, resident.path
         try:
-            from abi_tui.models import model_name_for_path, resolve_local_model
+            from abi_tui.models import (
+                model_name_for_path,
+                resolve_client_model,
+                resolve_local_model,
+            )
         except ImportError:  # the model cache package is optional for the engine
-            resolve_local_model = model_name_for_path = None  # type: ignore[assignment]
+            resolve_local_model = resolve_client_model = model_name_for_path = None  # type: ignore[assignment]
         if resolve_local_model is not None:
+            resolve = resolve_local_model if trusted else resolve_client_model
             try:
-                path = resolve_local_model(spec, self.settings)
+                path = resolve(spec, self.settings)
             except ModelNotFound as exc:
                 exc.param = exc.param or "model"
                 raise
             return model_name_for_path(path, self.settings), path
         path = Path(spec).expanduser()
-        if path.is_file():
+        if trusted and path.is_file():
             return path.stem, path
         raise ModelNotFound(f"model {spec!r} not found: give a path to a .gguf file or a cached model name",
                             param="model")
@@ -235,9 +244,10 @@ class InferenceEngine:
         """The last used model, loaded on the first request that needs it."""
         self._lazy_spec = spec
 
-    async def load_active(self, spec: str) -> dict[str, Any]:
-        """Make `spec` the active model (used at start-up; hot swaps go through admin reload)."""
-        name, path = self.resolve_path(spec)
+    async def load_active(self, spec: str, *, trusted: bool = True) -> dict[str, Any]:
+        """Make `spec` the active model (used at start-up with the model from the command line or
+        config.toml, hence trusted; hot swaps go through admin reload)."""
+        name, path = self.resolve_path(spec, trusted=trusted)
         self.state = "loading"
         try:
             backend = await self.pool.get(name, path, pin=True)
@@ -329,11 +339,12 @@ class InferenceEngine:
     async def embedding_backend(self, model_id: str | None) -> Any:
         """The model that computes embeddings: the one named, the configured embedding model,
         else the active model (SPEC §5.4). Never a download."""
-        spec = (model_id or "").strip() or self.settings.vector_store.embedding_model
+        requested = (model_id or "").strip()
+        spec = requested or self.settings.vector_store.embedding_model
         if spec and spec.startswith("mock/"):
             raise InvalidRequest("mock models do not compute embeddings; name a local GGUF model", param="model")
         if spec and spec not in ("default", self.active_name) and spec not in PERSONA_IDS:
-            name, path = self.resolve_path(spec)
+            name, path = self.resolve_path(spec, trusted=not requested)  # config.toml's, or a client's
             return await self.pool.get(name, path)
         backend = await self._active()
         if not hasattr(backend, "embed"):

@@ -3,6 +3,7 @@
 The names below are the package's public API (imported lazily, so `abi --help` stays fast):
 
     resolve_local_model(spec, settings) -> Path         the GGUF for any spec, once on disk
+    resolve_client_model(spec, settings) -> Path        the same, confined for API clients
     model_name_for_path(path, settings) -> str          the cached model's name for a GGUF path
     list_models(settings, loaded=...) -> [CachedModel]  abi's cache and other tools' stores
     find_model(settings, name) -> CachedModel
@@ -21,6 +22,7 @@ from typing import Any
 
 _EXPORTS = {
     "resolve_local_model": "abi_tui.models.cache",
+    "resolve_client_model": "abi_tui.models.cache",
     "list_models": "abi_tui.models.cache",
     "find_model": "abi_tui.models.cache",
     "remove_model": "abi_tui.models.cache",

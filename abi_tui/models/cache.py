@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from abi_tui.models import quants, stores
+from abi_tui.models import confine, quants, stores
 from abi_tui.models.errors import InvalidRequest, ModelInUse, ModelNotFound
 from abi_tui.models.gguf_info import GGUFSummary, read_summary
 from abi_tui.models.record import SOURCES, CachedModel
@@ -225,10 +225,10 @@ def _source_rank(model: CachedModel) -> int:
     return SOURCES.index(model.source) if model.source in SOURCES else len(SOURCES)
 
 
-def _lookup_keys(text: str) -> set[str]:
+def _lookup_keys(text: str, probe: bool = True) -> set[str]:
     keys = {text.lower()}
     with contextlib.suppress(InvalidRequest):
-        spec = parse_spec(text)
+        spec = parse_spec(text, probe=probe)
         if spec.kind == "hub":
             keys.add(ModelSpec("hub", text, repo=spec.repo, filename=spec.filename, quant=spec.quant).canonical.lower())
             if spec.filename:
@@ -238,15 +238,16 @@ def _lookup_keys(text: str) -> set[str]:
     return keys
 
 
-def find_model(settings: Any, text: str, models: list[CachedModel] | None = None) -> CachedModel:
+def find_model(settings: Any, text: str, models: list[CachedModel] | None = None, *,
+               probe: bool = True) -> CachedModel:
     """The cached model `text` names (name, file name, source:name, owner/repo:QUANT,
     owner/repo/file.gguf, hf://..., its URL or path). Several stores holding one name: abi's
     own cache wins; otherwise the error lists the qualified names to choose from."""
     models = list_models(settings, summaries=False) if models is None else models
-    keys = _lookup_keys(text)
+    keys = _lookup_keys(text, probe)
     found = [m for m in models if keys & m.keys()]
     if not found:
-        spec = _try_parse(text)
+        spec = _try_parse(text, probe)
         if spec is not None and spec.kind == "hub" and not spec.filename and not spec.quant:
             in_repo = [m for m in models if m.repo and m.repo.lower() == spec.repo.lower()]
             found = _pick_default(in_repo)
@@ -275,9 +276,9 @@ def _pick_default(models: list[CachedModel]) -> list[CachedModel]:
     return [m for m in models if str(m.path) == picked.key] if picked else models
 
 
-def _try_parse(text: str) -> ModelSpec | None:
+def _try_parse(text: str, probe: bool = True) -> ModelSpec | None:
     try:
-        return parse_spec(text)
+        return parse_spec(text, probe=probe)
     except InvalidRequest:
         return None
 
@@ -301,6 +302,41 @@ def resolve_local_model(spec: str, settings: Any) -> Path:
             raise
         if parsed.kind in ("hub", "url"):
             raise ModelNotFound(f"{spec} is not downloaded yet; run `abi model download {spec}`") from None
+        raise
+
+
+CLIENT_NOT_FOUND = ("not found: name a model that GET /v1/models lists, or a .gguf file under the "
+                    "server's model folders (server.model_dirs)")
+
+
+def resolve_client_model(spec: str, settings: Any) -> Path:
+    """`resolve_local_model` for a spec an API client sent: only models in the cache, the known
+    stores and the demo package, and files under `server.model_dirs`. A path anywhere else gets
+    the same 404 as a missing file, and nothing here asks the file system about a path outside
+    those folders, so no answer says whether a file exists."""
+    text = (spec or "").strip()
+    parsed = parse_spec(text, probe=False)
+    if parsed.kind == "path":
+        assert parsed.path is not None
+        with contextlib.suppress(ModelNotFound):
+            return find_model(settings, text, probe=False).path  # a listed model's own path
+        found = confine.file_inside(parsed.path, settings.client_model_dirs)
+        if found is None:
+            raise ModelNotFound(f"model {text!r} {CLIENT_NOT_FOUND}")
+        return found
+    try:
+        return find_model(settings, text, probe=False).path
+    except ModelNotFound as exc:
+        if text.lower() == "demo":
+            return stores.assemble_demo_model()
+        if "several" in exc.message:
+            raise
+        if parsed.kind != "url":  # `owner/file.gguf` relative to the working directory, if allowed
+            found = confine.file_inside(Path(text), settings.client_model_dirs)
+            if found is not None:
+                return found
+        if parsed.kind in ("hub", "url"):
+            raise ModelNotFound(f"{text} is not downloaded yet; run `abi model download {text}`") from None
         raise
 
 

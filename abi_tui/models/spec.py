@@ -74,9 +74,11 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", "./", "../", "~", "\\")) or (len(text) > 2 and text[1] == ":")
 
 
-def parse_spec(text: str, *, endpoint: str | None = None) -> ModelSpec:
+def parse_spec(text: str, *, endpoint: str | None = None, probe: bool = True) -> ModelSpec:
     """Classify a spec without touching the network. `endpoint` is the hub's base URL, used to
-    recognise its /resolve/ URLs (default: HF_ENDPOINT or huggingface_hub's default)."""
+    recognise its /resolve/ URLs (default: HF_ENDPOINT or huggingface_hub's default).
+    `probe=False` classifies by the text alone: a spec from an API client must not be classified
+    by whether a file of that name exists (that would answer the question for the client)."""
     text = (text or "").strip()
     if not text:
         raise InvalidRequest("empty model spec", param="model")
@@ -88,7 +90,7 @@ def parse_spec(text: str, *, endpoint: str | None = None) -> ModelSpec:
         return spec
     if re.match(r"^https?://", text, re.IGNORECASE):
         return _url_spec(text, endpoint)
-    if _looks_like_path(text) or path_exists(Path(text)):
+    if _looks_like_path(text) or (probe and path_exists(Path(text))):
         return ModelSpec("path", text, path=_expand(text))
     spec = _hub_spec(text, text)
     if spec is not None:

@@ -1,4 +1,5 @@
-"""The aiohttp application: middlewares (errors, auth, metrics, request log) and route families."""
+"""The aiohttp application: middlewares (errors, browser guard, auth, metrics, request log) and route
+families."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from aiohttp import web
 from abi_tui.backends.engine import InferenceEngine, Stream
 from abi_tui.config import Settings
 from abi_tui.errors import AbiError
-from abi_tui.server import auth
+from abi_tui.server import auth, guard
 from abi_tui.server.errors import error_response, http_error_response, internal_error_response
 from abi_tui.server.events import EventBus
 from abi_tui.server.metrics import ServerMetrics
@@ -45,6 +46,12 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     started = time.perf_counter()
     status = 500
     try:
+        # Host, Origin and content type first: a preflight carries no token, and a page's
+        # request is refused before the body is read (docs/SECURITY.md).
+        response = guard.check(request, state.settings)
+        if response is not None:
+            status = response.status
+            return response
         auth.check(request, state.settings.server.token, state.settings.admin_token)
         response = await handler(request)
         status = response.status
@@ -106,6 +113,7 @@ def create_app(settings: Settings, engine: InferenceEngine | None = None,
 
     app = web.Application(middlewares=[errors_middleware], client_max_size=settings.server.max_body_bytes)
     app[STATE] = state
+    app.on_response_prepare.append(guard.add_cors_headers)
     state.services.update(services or {})
     attach_services(state)
 

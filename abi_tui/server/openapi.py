@@ -94,7 +94,7 @@ def _op(summary: str, *, body: dict[str, Any] | None = None, ok: dict[str, Any] 
         params: list[dict[str, Any]] | None = None, tag: str = "abi", ok_status: int = 200,
         body_required: bool = True, open_route: bool = False) -> dict[str, Any]:
     responses: dict[str, Any] = {str(ok_status): {"description": "OK", "content": ok_content or _json(ok or OBJECT)}}
-    for status in errors:
+    for status in sorted({*errors, 403}):  # 403: a foreign Origin or Host (server/guard.py), on every route
         responses[str(status)] = {"description": "Error", "content": _json(ERROR)}
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if body is not None:

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from abi_tui.backends.base import GenerationRequest, SamplingParams
 from abi_tui.errors import AbiError, InvalidRequest
+from abi_tui.server.guard import UnsupportedMediaType, is_json_content_type
 
 ROLES = ("system", "developer", "user", "assistant")
 TOKEN_ID_RE = re.compile(r"^[0-9]{1,10}$")
@@ -24,38 +25,84 @@ UNSUPPORTED_COMPLETION_OFF: dict[str, tuple[Any, ...]] = {"suffix": (None, ""), 
                                                           "best_of": (None, 1)}
 
 
+MAX_JSON_DEPTH = 64
+# A JSON string (escapes included, or running to the end of the text): brackets inside do not nest.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|$)', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OPENERS = frozenset(b"[{")
+
+
+class InvalidJson(InvalidRequest):
+    """A body or message that is not JSON text (its code on the HTTP API stays invalid_request)."""
+
+
 class PayloadTooLarge(AbiError):
     status = 413
     code = "payload_too_large"
 
 
-class UnsupportedMediaType(AbiError):
-    status = 415
-    code = "unsupported_media_type"
+def nesting_depth_over(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether `raw` nests arrays/objects deeper than `limit`: strings cut out and everything but
+    brackets dropped (in C), then one pass that stops at the first level over the limit. The
+    parser itself recurses per level, so this runs before it."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False  # too few openers to nest that deep (most bodies: no scan at all)
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if len(brackets) <= limit:
+        return False
+    depth = 0
+    for byte in brackets:
+        if byte in _OPENERS:
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def loads_json(raw: bytes | str, limit: int, what: str = "the request body") -> Any:
+    """The one JSON reader for request bodies and WebSocket messages: size, depth, syntax and
+    Unicode checked, each a 4xx naming the problem, before anything else looks at the value."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"{what} is over the {limit}-byte limit")
+    if not raw.strip():
+        raise InvalidJson(f"{what} is empty; send a JSON object")
+    if nesting_depth_over(raw):
+        raise InvalidRequest(f"{what} nests arrays and objects deeper than {MAX_JSON_DEPTH} levels",
+                             code="json_too_deep")
+    try:
+        # UTF-8 only (json.loads would guess UTF-16/32 from bytes, and those are not what the
+        # bracket scan above reads); a byte-order mark is tolerated.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidJson(f"{what} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidJson(f"{what} is not valid JSON: {exc}") from None
+    if b"\\u" in raw:  # only a backslash-u escape can smuggle in a lone surrogate
+        check_text(data)
+    return data
 
 
 async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
+    """A request body as a JSON object. The content type is checked again here (the guard
+    middleware checks it first) so that no route can read a body a page could have sent."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the {limit}-byte limit")
-    ctype = request.content_type
-    if request.body_exists and ctype not in ("application/json", "application/octet-stream", "text/plain", "") \
-            and not ctype.endswith("+json"):
-        raise UnsupportedMediaType(f"send the body as application/json, not {ctype}")
+    if request.body_exists and not is_json_content_type(request.headers.get("Content-Type", "")):
+        raise UnsupportedMediaType("send the body as application/json with 'Content-Type: application/json'")
     body = bytearray()
     async for chunk in request.content.iter_chunked(65536):
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
-    if not body:
-        raise InvalidRequest("the request body is empty; send a JSON object")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    data = loads_json(bytes(body), limit)
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    if b"\\u" in body:  # only a backslash-u escape can smuggle in a lone surrogate
-        check_text(data)
     return data
 
 
@@ -229,9 +276,11 @@ def sampling_params(data: dict) -> SamplingParams:
     for key, off in UNSUPPORTED_OFF.items():
         if not _is_one_of(data.get(key), off):
             raise InvalidRequest(f"'{key}' is not supported by this server", param=key)
-    max_tokens = _integer(data, "max_completion_tokens", lo=1)
-    if max_tokens is None:
-        max_tokens = _integer(data, "max_tokens", lo=1)
+    # Both checked (a wrong max_tokens is a 400 even when max_completion_tokens wins).
+    max_completion_tokens = _integer(data, "max_completion_tokens", lo=1)
+    max_tokens = _integer(data, "max_tokens", lo=1)
+    if max_completion_tokens is not None:
+        max_tokens = max_completion_tokens
     json_mode = False
     response_format = data.get("response_format")
     if response_format is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -16,7 +15,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from abi_tui.backends.base import GenerationRequest
 from abi_tui.backends.engine import HEARTBEAT, Stream, new_request_id
 from abi_tui.errors import AbiError, InvalidRequest
-from abi_tui.server.parse import check_text, parse_messages, read_json, sampling_params
+from abi_tui.server.parse import InvalidJson, loads_json, parse_messages, read_json, sampling_params
 from abi_tui.server.sse import dumps, sse_frame
 from abi_tui.server.state import ServerState, state_of
 from abi_tui.server.streaming import (
@@ -191,19 +190,14 @@ class WsSession:
 
     async def handle_text(self, text: str) -> None:
         try:
-            message = json.loads(text)
-        except ValueError as exc:
-            await self.error("invalid_json", f"message is not valid JSON: {exc}")
+            message = loads_json(text, self.state.settings.server.max_body_bytes, what="the message")
+        except AbiError as exc:
+            await self.error("invalid_json" if isinstance(exc, InvalidJson) else exc.code or "invalid_request",
+                             exc.message)
             return
         if not isinstance(message, dict):
             await self.error("invalid_request", "a message must be a JSON object with a 'type'")
             return
-        if "\\u" in text:
-            try:
-                check_text(message)
-            except AbiError as exc:
-                await self.error(exc.code or "invalid_request", exc.message)
-                return
         kind = message.get("type")
         if kind == "cancel":
             self.cancel(message.get("request_id"))

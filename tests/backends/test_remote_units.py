@@ -220,6 +220,7 @@ def test_parsers_read_the_documented_streams():
 def test_engine_routes_remote_prefixes_and_leaves_local_models_alone(tiny_model, abi_home, monkeypatch):
     settings = load_settings()
     settings.endpoints = {"upstream": {"url": "http://127.0.0.1:1/v1"}}
+    settings.server.model_dirs = [str(tiny_model.parent), str(abi_home)]  # where clients may name files
     engine = InferenceEngine(settings)
     register_remote_backends(engine, settings)
     assert set(engine.remote_factories) == {"openai", "ollama", "anthropic", "upstream"}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -61,12 +63,15 @@ def fuzz_server(tmp_path, monkeypatch, tiny_model):
 
 
 def _cheap(case: Any) -> None:
-    """Keep generation short: a schema-valid max_tokens stays valid when lowered."""
+    """Keep generation short: a schema-valid max_tokens stays valid when lowered. Only whole
+    numbers: lowering a fractional one (a negative case) would make it valid, and the server's
+    acceptance of it would then count as a failure."""
     body = case.body
     if isinstance(body, dict):
         for key in ("max_tokens", "max_completion_tokens"):
             value = body.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 6:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 6 \
+                    and float(value).is_integer():
                 body[key] = 6
 
 
@@ -224,6 +229,7 @@ def test_websocket_messages_get_an_answer_and_never_break_the_session(text, figu
     """Arbitrary text frames: a malformed one gets an error message; nothing raises."""
     import asyncio
 
+    from abi_tui.config import Settings
     from abi_tui.server.routes_stream import WsSession
 
     class FakeWs:
@@ -238,7 +244,8 @@ def test_websocket_messages_get_an_answer_and_never_break_the_session(text, figu
 
     async def main() -> None:
         ws = FakeWs()
-        session = WsSession(state=None, ws=ws, heartbeat=None)  # type: ignore[arg-type]
+        state = SimpleNamespace(settings=Settings(home=Path("/nonexistent")))  # what handle_text reads
+        session = WsSession(state=state, ws=ws, heartbeat=None)  # type: ignore[arg-type]
         session.run = lambda body, request_id: asyncio.sleep(0)  # type: ignore[method-assign]
         await session.handle_text(text)
         await session.close()
@@ -246,6 +253,72 @@ def test_websocket_messages_get_an_answer_and_never_break_the_session(text, figu
             assert json.loads(sent)["type"] == "error"
 
     asyncio.run(main())
+    figures.count("property_cases")
+
+
+# ----------------------------------------------------------------------------- the JSON reader
+# Strings full of what the depth scan must not count: brackets, quotes, backslashes, escapes.
+TRICKY_TEXT = st.text(st.sampled_from(list('[]{}"\\/ab\n\u00e9\u2028\U0001f600')), max_size=12)
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | TRICKY_TEXT
+
+
+@st.composite
+def nested_values(draw: st.DrawFn) -> tuple[Any, int]:
+    """(a JSON value, its exact depth): a chain of arrays and objects around a leaf, each level
+    with scalar siblings, depth drawn around the limit."""
+    from abi_tui.server.parse import MAX_JSON_DEPTH
+
+    depth = draw(st.integers(MAX_JSON_DEPTH - 8, MAX_JSON_DEPTH + 8))
+    value: Any = draw(st.sampled_from([[], {}]))  # the innermost container: level `depth`
+    for _ in range(depth - 1):
+        siblings = draw(st.lists(SCALARS, max_size=2))
+        if draw(st.booleans()):
+            at = draw(st.integers(0, len(siblings)))
+            value = [*siblings[:at], value, *siblings[at:]]
+        else:
+            value = {**{f"k{i}": v for i, v in enumerate(siblings)}, draw(TRICKY_TEXT): value}
+    return value, depth
+
+
+@PROPERTY
+@given(case=nested_values(), slack=st.integers(-3, 3), pad=st.integers(0, 3000))
+def test_the_json_reader_enforces_depth_and_size_at_their_limits(case, slack, pad, figures):
+    """Depth near 64 and size near the byte limit: accepted exactly when both are within the
+    limits, and then equal to what json.loads reads; otherwise the error names the limit."""
+    from abi_tui.server.parse import MAX_JSON_DEPTH, loads_json
+
+    value, depth = case
+    raw = json.dumps({"pad": "[" * pad, "v": value}, ensure_ascii=bool(pad % 2)).encode()  # the body is one level
+    limit = len(raw) + slack
+    try:
+        got = loads_json(raw, limit)
+    except AbiError as exc:
+        if len(raw) > limit:
+            assert exc.status == 413 and "limit" in exc.message
+        else:
+            assert depth + 1 > MAX_JSON_DEPTH, (depth, exc.message)
+            assert exc.status == 400 and exc.code == "json_too_deep" and str(MAX_JSON_DEPTH) in exc.message
+        figures.count("property_cases")
+        return
+    assert len(raw) <= limit and depth + 1 <= MAX_JSON_DEPTH
+    assert got == json.loads(raw)
+    figures.count("property_cases")
+
+
+@PROPERTY
+@given(raw=st.binary(max_size=400) | st.text(st.sampled_from(list('[]{}",:1 \\ax')), max_size=400).map(str.encode)
+       | st.integers(60, 200).map(lambda n: b"[" * n + b"]" * n))
+def test_the_json_reader_refuses_anything_else_with_a_4xx(raw, figures):
+    """Any bytes: a value json.loads agrees with, or a 400/413 with a message; never another
+    exception (RecursionError above all)."""
+    from abi_tui.server.parse import loads_json
+
+    try:
+        got = loads_json(raw, 1024 * 1024)
+    except AbiError as exc:
+        assert exc.status in (400, 413) and exc.message
+    else:
+        assert got == json.loads(raw)
     figures.count("property_cases")
 
 

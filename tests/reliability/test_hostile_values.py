@@ -91,3 +91,49 @@ async def test_a_long_persona_conversation_never_outgrows_the_context(app_server
                 assert response.status == 200, f"turn {turn}: {await response.text()}"
                 conversation = (await response.json())["conversation_id"]
     figures.set(turns=20)
+
+
+# ----------------------------------------------------------------------------- deep nesting
+BODY_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/api/stream", "/admin/reload",
+               "/api/models/pull", "/api/v1/chat", "/api/v1/personas/route", "/api/v1/conversations")
+
+
+def deep_bodies(levels: int) -> dict[str, bytes]:
+    opened, closed = b"[" * levels, b"]" * levels
+    return {
+        "top level": opened + closed,
+        "top level, never closed": opened,
+        "objects": b'{"a":' * levels + b"1" + b"}" * levels,
+        "inside messages": b'{"messages":' + opened + closed + b"}",
+        "inside content": b'{"messages":[{"role":"user","content":' + opened + closed + b"}]}",
+        "inside a prompt list": b'{"prompt":[' + opened + closed + b"]}",
+        "mixed": b'[{"x":' * (levels // 2 + 1) + b"0" + b"}]" * (levels // 2 + 1),
+    }
+
+
+async def test_deep_nesting_is_a_400_on_every_route_and_the_server_lives(app_server, figures):
+    server = await app_server()
+    tried = 0
+    ws_url = server.url + "/api/stream/ws"
+    async with aiohttp.ClientSession(server.url) as session:
+        for levels in (65, 1_000, 50_000):  # 50 000 levels: about 100 KB, the size in the issue
+            for name, raw in deep_bodies(levels).items():
+                for path in BODY_ROUTES:
+                    async with session.post(path, data=raw, headers=JSON) as response:
+                        tried += 1
+                        body = await response.json()
+                        assert response.status == 400, (levels, name, path, body)
+                        assert body["error"]["code"] == "json_too_deep" and "64" in body["error"]["message"]
+                async with session.ws_connect(ws_url) as ws:
+                    await ws.send_str(raw.decode())
+                    tried += 1
+                    reply = await ws.receive_json(timeout=10)
+                    assert reply["type"] == "error" and reply["code"] == "json_too_deep", (name, reply)
+                    await ws.send_str(json.dumps({"type": "request", "prompt": "a b", "max_tokens": 2,
+                                                  "model": "mock/constant_rate?min_ms=1&max_ms=1"}))
+                    kinds = [(await ws.receive_json(timeout=10))["type"] for _ in range(4)]
+                    assert kinds == ["start", "token", "token", "end"]  # the same socket serves on
+            async with session.post("/v1/chat/completions", headers=JSON, data=json.dumps(
+                    {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})) as response:
+                assert response.status == 200
+    figures.set(hostile_inputs=tried)

@@ -308,3 +308,104 @@ async def test_no_secret_in_logs_or_telemetry(serve, abi_home, figures):
         for text in seen:
             assert secret not in text, f"{label} token in an API answer"
     figures.set(hostile_inputs=6, answers_checked=len(seen), log_bytes=len(log_text))
+
+
+# ----------------------------------------------------------------------------- file oracle
+def _outside_pairs(tmp_path: Path, tiny_model: Path) -> list[tuple[str, str]]:
+    """(an existing file outside the allowed folders, a missing one spelled the same way)."""
+    real_model = tmp_path / "elsewhere" / "real.gguf"
+    real_model.parent.mkdir()
+    real_model.write_bytes(tiny_model.read_bytes())  # a valid GGUF: loading it would be a 200
+    sentinel = tmp_path / "sentinel.txt"
+    sentinel.write_text("SENTINEL-CONTENT")
+    depth = "../" * 16
+    return [
+        (str(real_model), str(real_model.with_name("gone.gguf"))),
+        (str(sentinel), str(sentinel.with_name("missing.txt"))),
+        ("/etc/passwd", "/etc/passwd-no-such"),
+        (depth + "etc/passwd", depth + "etc/passwd-no-such"),
+        ("/etc", "/etc-no-such"),
+        ("/dev/null", "/dev/no-such"),
+        (str(tmp_path / "elsewhere"), str(tmp_path / "nowhere")),
+        (f"{tmp_path}/elsewhere/../sentinel.txt", f"{tmp_path}/elsewhere/../missing.txt"),
+        ("etc/passwd", "etc/no-such"),  # relative: found or not from the server's working directory
+    ]
+
+
+async def test_outside_paths_answer_the_same_whether_the_file_exists_or_not(app_server, abi_home, tmp_path,
+                                                                            tiny_model, figures, monkeypatch):
+    monkeypatch.chdir("/")
+    pairs = _outside_pairs(tmp_path, tiny_model)
+    # A symlink inside an allowed folder that leads out of it counts as outside. (The models
+    # folder itself is the cache: what the user put there is listed, and listed models load.)
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "link.gguf").symlink_to(tmp_path / "elsewhere" / "real.gguf")
+    (allowed / "dangling.gguf").symlink_to(tmp_path / "elsewhere" / "gone.gguf")
+    pairs.append((str(allowed / "link.gguf"), str(allowed / "dangling.gguf")))
+    pairs.append((str(allowed / "sub" / ".." / ".." / "elsewhere" / "real.gguf"), str(allowed / ".." / "gone.gguf")))
+    server = await app_server(token=TOKEN, model_dirs=str(allowed))
+    auth = {**JSON, "Authorization": f"Bearer {TOKEN}"}
+    ws_url = server.url.replace("http://", "ws://") + f"/api/stream/ws?token={TOKEN}"
+    tried = 0
+
+    def normalized(text: str, name: str) -> str:
+        return text.replace(json.dumps(name)[1:-1], "<name>").replace(repr(name), "'<name>'")
+
+    async with aiohttp.ClientSession(server.url) as session:
+        for existing, missing in pairs:
+            for method, path, body in (
+                    ("POST", "/v1/completions", {"prompt": "x", "max_tokens": 1}),
+                    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}),
+                    ("POST", "/api/stream", {"prompt": "x", "max_tokens": 1}),
+                    ("POST", "/admin/reload", {}),
+                    ("POST", "/v1/embeddings", {"input": "x"}),
+                    ("POST", "/api/v1/chat/abi", {"content": "x", "max_tokens": 1, "stream": False})):
+                answers = []
+                for name in (existing, missing):
+                    async with session.request(method, path, headers=auth,
+                                               data=json.dumps({**body, "model": name})) as response:
+                        tried += 1
+                        answers.append((response.status, normalized(await response.text(), name)))
+                assert answers[0] == answers[1], f"{path} {existing!r}: {answers}"
+                assert answers[0][0] == 404, (path, existing, answers[0])
+                assert "SENTINEL" not in answers[0][1] and "root:" not in answers[0][1]
+            async with websockets.connect(ws_url) as ws:
+                answers = []
+                for name in (existing, missing):
+                    await ws.send(json.dumps({"type": "request", "request_id": "r", "prompt": "x", "max_tokens": 1,
+                                              "model": name}))
+                    tried += 1
+                    answers.append(normalized(await ws.recv(), name))
+                assert answers[0] == answers[1], answers
+    # Inside an allowed folder a path is a model like any other.
+    inside = allowed / "mine.gguf"
+    inside.write_bytes(tiny_model.read_bytes())
+    async with aiohttp.ClientSession(server.url) as session:
+        async with session.post("/v1/completions", headers=auth, data=json.dumps(
+                {"model": str(inside), "prompt": "x", "max_tokens": 1})) as response:
+            assert response.status == 200, await response.text()
+    figures.set(hostile_inputs=tried)
+
+
+async def test_the_command_line_and_config_may_name_any_file(app_server, tmp_path, tiny_model):
+    """`--model` and config.toml are the user's own choice: trusted, wherever the file is."""
+    elsewhere = tmp_path / "anywhere" / "own.gguf"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(tiny_model.read_bytes())
+    server = await app_server(model=str(elsewhere), threads=1, n_ctx=256)
+    async with aiohttp.ClientSession(server.url) as session:
+        async with session.get("/health") as response:
+            assert (await response.json())["model"] == "own"
+        async with session.post("/v1/completions", headers=JSON, data=json.dumps(
+                {"model": "own", "prompt": "x", "max_tokens": 1})) as response:
+            assert response.status == 200
+        # The same file by path from a client: not under the model folders.
+        async with session.post("/admin/reload", headers=JSON, data=json.dumps({"model": str(tiny_model)})) as response:
+            assert response.status == 404
+    # server.model_dirs opens a folder to clients.
+    server = await app_server(model_dirs=str(tiny_model.parent), threads=1, n_ctx=256)
+    async with aiohttp.ClientSession(server.url) as session:
+        async with session.post("/v1/completions", headers=JSON, data=json.dumps(
+                {"model": str(tiny_model), "prompt": "x", "max_tokens": 1})) as response:
+            assert response.status == 200, await response.text()

@@ -36,6 +36,9 @@ CASES = [
     ("max_tokens string", "POST", CHAT, AUTH, body(max_tokens="ten"), 400, "invalid_request", "max_tokens"),
     ("negative max_tokens", "POST", CHAT, AUTH, body(max_tokens=-5), 400, "invalid_request", "max_tokens"),
     ("zero max_tokens", "POST", CHAT, AUTH, body(max_tokens=0), 400, "invalid_request", "max_tokens"),
+    ("bad max_tokens beside max_completion_tokens", "POST", CHAT, AUTH, body(max_completion_tokens=2,
+                                                                          max_tokens="x"), 400, "invalid_request",
+     "max_tokens"),
     ("temperature too high", "POST", CHAT, AUTH, body(temperature=9), 400, "invalid_request", "temperature"),
     ("temperature bool", "POST", CHAT, AUTH, body(temperature=True), 400, "invalid_request", "temperature"),
     ("top_p negative", "POST", CHAT, AUTH, body(top_p=-0.1), 400, "invalid_request", "top_p"),
@@ -73,6 +76,28 @@ CASES = [
     ("embeddings input a number", "POST", "/v1/embeddings", AUTH, json.dumps({"input": 3}).encode(), 400,
      "invalid_request", "input"),
     ("reload without model", "POST", "/admin/reload", AUTH, b"{}", 400, "invalid_request", "model"),
+    # 100 KB of nesting: refused before the parser recurses (it would raise RecursionError).
+    ("deep nesting at the top", "POST", CHAT, AUTH, b"[" * 100_000 + b"]" * 100_000, 400, "json_too_deep", None),
+    ("deep nesting unclosed", "POST", CHAT, AUTH, b"[" * 100_000, 400, "json_too_deep", None),
+    ("deep objects", "POST", CHAT, AUTH, b'{"a":' * 20_000 + b"1" + b"}" * 20_000, 400, "json_too_deep", None),
+    ("deep nesting in messages", "POST", CHAT, AUTH, b'{"messages":' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400,
+     "json_too_deep", None),
+    ("deep nesting in content", "POST", CHAT, AUTH, b'{"messages":[{"role":"user","content":' + b"[" * 50_000
+     + b"]" * 50_000 + b"}]}", 400, "json_too_deep", None),
+    ("deep nesting on another route", "POST", "/admin/reload", AUTH, b"[" * 100_000, 400, "json_too_deep", None),
+    ("brackets inside a string are text", "POST", CHAT, AUTH, body(model="tiny", messages=[
+        {"role": "user", "content": "[{" * 3000}]), 400, "context_length_exceeded", "messages"),
+    ("utf-16 body", "POST", CHAT, AUTH, body().decode().encode("utf-16"), 400, "invalid_request", None),
+    ("utf-8 encoded surrogate", "POST", CHAT, AUTH, body(messages=[{"role": "user", "content": "a"}]).replace(
+        b'"a"', b'"\xed\xa0\x80"'), 400, "invalid_request", None),
+    ("text/plain", "POST", CHAT, {"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"}, body(), 415,
+     "unsupported_media_type", None),
+    ("multipart", "POST", CHAT, {"Authorization": f"Bearer {TOKEN}", "Content-Type": "multipart/form-data; boundary=x"},
+     body(), 415, "unsupported_media_type", None),
+    ("json with another charset", "POST", CHAT, {"Authorization": f"Bearer {TOKEN}",
+                                                 "Content-Type": "application/json; charset=latin-1"}, body(), 415,
+     "unsupported_media_type", None),
+    ("foreign origin", "POST", CHAT, {**AUTH, "Origin": "http://evil.example"}, body(), 403, "origin_not_allowed", None),
 ]
 
 
@@ -99,6 +124,43 @@ async def test_hostile_requests_get_openai_errors_and_server_keeps_serving(serve
             async with session.post(CHAT, headers=AUTH, data=body(model="tiny", temperature=0)) as response:
                 assert response.status == 200, name
                 assert (await response.json())["choices"][0]["message"]["content"]
+
+
+def nested(depth: int) -> bytes:
+    """A chat body whose deepest value sits `depth` levels down (the body itself is level 1)."""
+    inner = b"[" * (depth - 1) + b"]" * (depth - 1)
+    return b'{"model":"tiny","max_tokens":1,"messages":[{"role":"user","content":"hi"}],"extra":' + inner + b"}"
+
+
+async def test_nesting_up_to_64_levels_is_read_and_65_is_refused(server):
+    async with aiohttp.ClientSession(server.url) as session:
+        async with session.post(CHAT, headers=AUTH, data=nested(64)) as response:
+            assert response.status == 200, await response.text()
+        async with session.post(CHAT, headers=AUTH, data=nested(65)) as response:
+            assert response.status == 400
+            error = (await response.json())["error"]
+            assert error["code"] == "json_too_deep" and "64" in error["message"]
+        # application/json with charset=utf-8 is JSON.
+        async with session.post(CHAT, headers={**AUTH, "Content-Type": "application/json; charset=UTF-8"},
+                                data=body(model="tiny")) as response:
+            assert response.status == 200
+
+
+async def test_a_deep_websocket_message_is_an_error_message_and_the_socket_lives(server):
+    async with aiohttp.ClientSession(server.url) as session:
+        async with session.ws_connect("/api/stream/ws", headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            await ws.send_str("[" * 100_000)
+            reply = await ws.receive_json(timeout=10)
+            assert reply["type"] == "error" and reply["code"] == "json_too_deep"
+            await ws.send_str('{"type":"request","prompt":' + "[" * 70 + "]" * 70 + "}")
+            reply = await ws.receive_json(timeout=10)
+            assert reply["code"] == "json_too_deep"
+            await ws.send_str("{not json")
+            assert (await ws.receive_json(timeout=10))["code"] == "invalid_json"
+            await ws.send_str(json.dumps({"type": "request", "request_id": "ok", "model": "tiny", "prompt": "a",
+                                          "max_tokens": 2}))
+            kinds = [(await ws.receive_json(timeout=30))["type"] for _ in range(4)]
+            assert kinds == ["start", "token", "token", "end"]
 
 
 async def test_health_is_open_but_everything_else_needs_the_token(server):

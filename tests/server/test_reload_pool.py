@@ -49,8 +49,11 @@ def write_unknown_architecture(path):
 
 
 @pytest.fixture
-async def server(app_server, tiny_model):
-    return await app_server(model=str(tiny_model), threads=1, n_ctx=512)
+async def server(app_server, tiny_model, tmp_path):
+    # API clients may name files by path only under server.model_dirs: the test models' folder
+    # and this test's own files.
+    return await app_server(model=str(tiny_model), threads=1, n_ctx=512,
+                            model_dirs=f"{tiny_model.parent},{tmp_path}")
 
 
 async def test_reload_to_corrupt_files_keeps_the_previous_model(server, tiny_model, tmp_path):
