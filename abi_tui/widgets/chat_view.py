@@ -228,7 +228,9 @@ class AnswerMessage(Vertical):
         self.tokens += 1
         self._pending.append(fragment)
         if self._frame_timer is None:
-            self._frame_timer = self.set_timer(max(0.0, self._frame_at + FRAME_S - monotonic()), self._draw_frame)
+            # Textual's timers need a positive delay.
+            delay = max(0.001, self._frame_at + FRAME_S - monotonic())
+            self._frame_timer = self.set_timer(delay, self._draw_frame)
 
     async def _draw_frame(self) -> None:
         self._frame_timer, self._frame_at = None, monotonic()
