@@ -1,4 +1,4 @@
-"""The `abi` command line and configuration precedence (SPEC §1)."""
+"""The `abi` command line and configuration precedence."""
 
 from __future__ import annotations
 
