@@ -1,9 +1,9 @@
 """The dashboard: header, five panes, footer, help, command palette, themes, model switcher.
 
-`abi dash` starts the embedded server on its own thread *after* the first paint (the server
-imports llama.cpp; the UI path must not), then follows it through `AbiClient` exactly as
-`abi dash --connect URL` follows a remote one: /health every second, /api/events for
-everything else, reconnecting with backoff when the server goes away.
+`abi dash` runs its server as a child process (`abi_tui.server.supervisor`, composed in
+`cli.py`): the app gets a handle that reports the child's URL, token and restarts, and follows it
+through `AbiClient` exactly as `abi dash --connect URL` follows a remote one: /health every
+second, /api/events for everything else, reconnecting with backoff when the server goes away.
 
 Pane contract
 -------------
@@ -30,6 +30,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.lazy import Lazy
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane
 
@@ -49,6 +50,7 @@ from abi_tui.widgets.link import LinkStatus, ReloadStatus
 
 if TYPE_CHECKING:
     from abi_tui.screens.base import Pane
+    from abi_tui.server.supervisor import ChildState, ServerSupervisor
 
 log = logging.getLogger("abi.dash")
 
@@ -105,15 +107,29 @@ class AbiApp(App[None]):
         Binding("ctrl+c", "help_quit", show=False, system=True, id="help-quit"),
     ]
 
+    class ServerProcessChanged(Message):
+        """The dashboard's server process started, listens, ended or is restarting (posted from
+        the supervisor's thread)."""
+
+        def __init__(self, state: ChildState) -> None:
+            super().__init__()
+            self.state = state
+
     def __init__(self, settings: Settings, *, url: str | None = None, token: str | None = None,
                  admin_token: str | None = None, embedded: Callable[[Settings], Any] | None = None,
-                 frozen: bool = False, backoff: Backoff | None = None,
+                 server: ServerSupervisor | None = None, frozen: bool = False, backoff: Backoff | None = None,
                  health_interval_s: float = HEALTH_INTERVAL_S, persist_theme: bool = True) -> None:
-        """`url`: the server to follow; else `embedded(settings)` makes a server with `.start()
-        -> url` and `.stop()` (EmbeddedServer), started after the first paint. `frozen` renders
-        time-dependent values as fixed ones (snapshot tests)."""
+        """The server to follow: `url` (with `token`); or `server`, the handle of the dashboard's
+        server process (`.token`, `.watch(callback)`: its URL once it listens, and its restarts);
+        or `embedded(settings)`, a server in this process with `.start() -> url` and `.stop()`
+        (EmbeddedServer), started after the first paint. `frozen` renders time-dependent values
+        as fixed ones (snapshot tests)."""
         super().__init__()
         self.settings = settings
+        self.server_process = server
+        if server is not None:
+            token = server.token
+            admin_token = admin_token or settings.server.admin_token or server.token
         self.token = token if token is not None else settings.server.token
         self.admin_token = admin_token or settings.admin_token or self.token
         self.embedded_factory = embedded
@@ -155,6 +171,9 @@ class AbiApp(App[None]):
         # may delay the first paint.
         if self._start_url:
             self.call_after_refresh(self.connect, self._start_url)
+        elif self.server_process is not None:
+            state = self.server_process.watch(lambda state: self.post_message(self.ServerProcessChanged(state)))
+            self.server_process_changed(state)
         elif self.embedded_factory is not None:
             self.call_after_refresh(self.start_embedded)
         self.set_interval(self.health_interval_s, self.poll_health)
@@ -310,6 +329,16 @@ class AbiApp(App[None]):
         self.embedded = server
         log.info("embedded server listening on %s", url)
         self.call_from_thread(self.connect, url)
+
+    def on_abi_app_server_process_changed(self, message: ServerProcessChanged) -> None:
+        self.server_process_changed(message.state)
+
+    def server_process_changed(self, state: ChildState) -> None:
+        self.link.process = state
+        if state.phase == "ready" and state.url and (state.url != self.link.url or self.link.phase != "up"):
+            self.connect(state.url)  # at once, not at the client's next reconnect attempt
+        else:
+            self.show_status()
 
     def _embedded_failed(self, message: str) -> None:
         self.link.phase, self.link.error = "failed", f"embedded server did not start: {message}"
@@ -530,19 +559,11 @@ def configure_dash_logging(settings: Settings) -> None:
     root.setLevel(logging.INFO)
 
 
-def run_app(settings: Settings, connect: str | None = None, token: str | None = None) -> int:
-    """`abi dash` (embedded server) or `abi dash --connect URL [--token T]`."""
+def run_app(settings: Settings, connect: str | None = None, token: str | None = None,
+            server: ServerSupervisor | None = None) -> int:
+    """`abi dash` (`server`: its server process, started and stopped by the caller) or
+    `abi dash --connect URL [--token T]`."""
     configure_dash_logging(settings)
-    embedded = None
-    if connect is None:
-        def embedded(s: Settings) -> Any:
-            from abi_tui.server.main import EmbeddedServer
-
-            return EmbeddedServer(s)
-    app = AbiApp(settings, url=connect, token=token, embedded=embedded)
-    try:
-        app.run()
-    finally:
-        if app.embedded is not None:
-            app.embedded.stop()
+    app = AbiApp(settings, url=connect, token=token, server=server)
+    app.run()
     return app.return_code or 0

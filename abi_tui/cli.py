@@ -96,6 +96,9 @@ def build_parser() -> OneLineParser:
     mode.add_argument("--serve", action="store_true", help="run the server headless, no UI")
     mode.add_argument("--connect", metavar="URL", help="attach to a running abi server")
     add_server_flags(dash)
+    # `abi dash` runs its server as `abi dash --serve --supervised-by <its pid>`: the child ends
+    # when that process does (abi_tui/server/supervisor.py).
+    dash.add_argument("--supervised-by", type=positive_int, metavar="PID", help=argparse.SUPPRESS)
 
     from abi_tui.bench import commands as bench_commands
     from abi_tui.models import commands as model_commands
@@ -105,14 +108,42 @@ def build_parser() -> OneLineParser:
     return parser
 
 
+# Flags the dashboard does not hand to its server: the child listens on a free loopback port with
+# a token of its own.
+NOT_INHERITED = frozenset({"server.host", "server.port", "server.token", "server.insecure_no_auth"})
+
+
+def inherited_flags(args: argparse.Namespace) -> list[str]:
+    """The `abi dash` flags, as arguments for the `abi dash --serve` it starts."""
+    flags: list[str] = []
+    for dotted, value in flag_overrides(args).items():
+        if dotted in SERVER_FLAGS and dotted not in NOT_INHERITED:
+            flags += [SERVER_FLAGS[dotted][0], str(value)]
+    return flags
+
+
 def run_dash(args: argparse.Namespace, settings: Settings) -> int:
     if args.serve:
         from abi_tui.server.main import serve_forever
 
+        if args.supervised_by:
+            from abi_tui.server.supervisor import watch_parent
+
+            watch_parent(args.supervised_by)
         return serve_forever(settings)
     from abi_tui.app import run_app
 
-    return run_app(settings, connect=args.connect, token=args.__dict__.get("server__token"))
+    if args.connect:
+        return run_app(settings, connect=args.connect, token=args.__dict__.get("server__token"))
+    # The dashboard's own server: a child process, started now so that it loads while the
+    # first screen paints; the app follows it by URL and token like any other server.
+    from abi_tui.server.supervisor import ServerSupervisor
+
+    supervisor = ServerSupervisor(inherited_flags(args), logs_dir=settings.logs_dir).launch()
+    try:
+        return run_app(settings, server=supervisor)
+    finally:
+        supervisor.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,10 @@
-"""Issue 10: `abi dash` handles a key press within 50 ms while 4 streams run at full speed.
+"""Issues 10 and 20: `abi dash` handles a key press within 50 ms, and draws the pane a key
+switches to within 100 ms, while 4 streams run at full speed.
 
 The dashboard (the real AbiApp, 120x34, driven by Textual's pilot) follows an abi server on the
-tiny model started with `--parallel 4` (`abi dash --serve`, or in this process on its own thread
-as `abi dash` runs it, with `--embedded`). Load: 4 concurrent `/v1/completions` streams with a
+tiny model started with `--parallel 4`: by default as `abi dash` runs it, `abi dash --serve` as
+the dashboard's child process (ServerSupervisor: free port, fresh token); with `--embedded`, in
+this process on its own thread (how `abi dash` ran it before, for comparison). Load: 4 concurrent `/v1/completions` streams with a
 large `max_tokens`, restarted as they finish, from a separate process (so its own parsing does not
 count against the dashboard), at whatever speed the server gives.
 
@@ -20,7 +22,8 @@ A press every --gap seconds (a fast typist); p50, p95 and max per scenario.
 
     python benchmarks/dash_keypress.py [--presses 100] [--gap 0.08] [--embedded] [--json FILE]
 
-Exit status 1 when a p95 "handled" is over --budget-ms (50).
+Exit status 1 when a p95 "handled" is over --budget-ms (50), or the p95 "painted" of the pane
+switches under 4 streams is over --redraw-budget-ms (100).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from harness import abi_server, free_port, percentile, tiny_path  # noqa: E402
+from harness import free_port, percentile, tiny_path  # noqa: E402
 
 PROMPT = "The history of the lighthouse begins in ancient times, when"
 N_CTX = 16384  # 4 sequences of 4096: the tiny model's trained context
@@ -64,8 +67,10 @@ async def load(url: str, streams: int, max_tokens: int) -> dict[str, float]:
     async def one(session: aiohttp.ClientSession) -> None:
         nonlocal tokens, first
         body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+        token = os.environ.get("ABI_API_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         while not stop.is_set():
-            async with session.post(f"{url}/v1/completions", json=body) as response:
+            async with session.post(f"{url}/v1/completions", json=body, headers=headers) as response:
                 response.raise_for_status()
                 async for line in response.content:
                     if stop.is_set():
@@ -89,9 +94,10 @@ async def load(url: str, streams: int, max_tokens: int) -> dict[str, float]:
 class Load:
     """The load in a child process: started, then stopped with its token rate."""
 
-    def __init__(self, url: str, streams: int) -> None:
+    def __init__(self, url: str, streams: int, token: str | None) -> None:
+        env = {**os.environ, **({"ABI_API_TOKEN": token} if token else {})}
         self.process = subprocess.Popen([sys.executable, __file__, "--load", url, "--streams", str(streams)],
-                                        stdout=subprocess.PIPE, text=True)
+                                        stdout=subprocess.PIPE, text=True, env=env)
         assert self.process.stdout is not None
         if self.process.stdout.readline().strip() != "started":
             raise RuntimeError("the load process did not start")
@@ -222,7 +228,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     results: dict[str, Any] = {"presses": args.presses, "gap_s": args.gap, "cpus": os.cpu_count(),
                                "loadavg_before": os.getloadavg()[0],
-                               "server": "embedded" if args.embedded else "process"}
+                               "server": "thread (embedded)" if args.embedded else "child process"}
     model = tiny_path()
     with ExitStack() as stack:
         home = stack.enter_context(tempfile.TemporaryDirectory(prefix="abi-keypress-"))
@@ -234,8 +240,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             settings = load_settings({**overrides, "server.port": free_port()})
             app = AbiApp(settings, embedded=EmbeddedServer, persist_theme=False)
         else:
-            url = stack.enter_context(abi_server(model, threads=1, parallel=4, n_ctx=N_CTX))
-            app = AbiApp(load_settings(), url=url, persist_theme=False)
+            from abi_tui.server.supervisor import ServerSupervisor
+
+            settings = load_settings()
+            supervisor = ServerSupervisor(["--model", str(model), "--parallel", "4", "--n-ctx", str(N_CTX),
+                                           "--threads", "1"], logs_dir=settings.logs_dir).launch()
+            stack.callback(supervisor.stop)
+            app = AbiApp(settings, server=supervisor, persist_theme=False)
 
         async with app.run_test(size=(120, 34)) as pilot:
             deadline = time.monotonic() + 60
@@ -257,7 +268,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["idle"] = {"handled_ms": summary(h), "painted_ms": summary(p), "by_pane": by_pane(p)}
 
             print("4 streams ...", file=sys.stderr)
-            load_4 = Load(url, 4)
+            load_4 = Load(url, 4, app.token)
             await asyncio.sleep(1.0)  # at full speed before the first press
             h, p = await pane_switches(pilot, marks, args.presses, args.gap)
             results["4 streams"] = {"handled_ms": summary(h), "painted_ms": summary(p), "by_pane": by_pane(p),
@@ -288,7 +299,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             while chat.streaming is not None:
                 await pilot.pause(0.1)
             answers["count"] = 0
-            load_3 = Load(url, 3)
+            load_3 = Load(url, 3, app.token)
             await asyncio.sleep(1.0)
             started = time.perf_counter()
             h, p = await typing(pilot, marks, args.presses, args.gap, keep_streaming)
@@ -305,7 +316,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def report(results: dict[str, Any], budget_ms: float) -> bool:
+def report(results: dict[str, Any], budget_ms: float, redraw_budget_ms: float) -> bool:
     print(f"\nKey press latency, ms ({results['presses']} presses per scenario, one every {results['gap_s']} s; "
           f"server: {results['server']}; {results['cpus']} CPUs, load average {results['loadavg_before']:.1f} before, "
           f"{results['loadavg_after']:.1f} after)")
@@ -328,15 +339,19 @@ def report(results: dict[str, Any], budget_ms: float) -> bool:
     loaded = results["4 streams"]["handled_ms"]["p50"]
     print(f"4 streams / idle (handled p50): {loaded / base:.2f}x;  p95 budget {budget_ms:.0f} ms: "
           f"{'met' if ok else 'MISSED'}")
-    return ok
+    redraw = results["4 streams"]["painted_ms"]["p95"]
+    print(f"pane switch under 4 streams, first redraw p95 {redraw:.1f} ms; budget {redraw_budget_ms:.0f} ms: "
+          f"{'met' if redraw <= redraw_budget_ms else 'MISSED'}")
+    return ok and redraw <= redraw_budget_ms
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presses", type=int, default=100)
     parser.add_argument("--gap", type=float, default=0.08, help="seconds between presses")
-    parser.add_argument("--embedded", action="store_true", help="the server in this process, as `abi dash` runs it")
+    parser.add_argument("--embedded", action="store_true", help="the server on a thread of this process")
     parser.add_argument("--budget-ms", type=float, default=50.0)
+    parser.add_argument("--redraw-budget-ms", type=float, default=100.0)
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--streams", type=int, default=4, help=argparse.SUPPRESS)
@@ -347,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     results = asyncio.run(run(args))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    return 0 if report(results, args.budget_ms) else 1
+    return 0 if report(results, args.budget_ms, args.redraw_budget_ms) else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `abi` command line and configuration precedence (SPEC §1)."""
+"""The `abi` command line and configuration precedence."""
 
 from __future__ import annotations
 
@@ -131,3 +131,37 @@ def test_sigterm_lets_the_stream_finish_and_exits_0(serve, abi_home):
     assert result["text"].count('"text":') >= 20
     log = (abi_home / "logs" / "server.log").read_text()
     assert "listening on" in log and "stopped" in log
+
+
+def test_dash_hands_its_flags_to_its_server_process(monkeypatch, abi_home):
+    """`abi dash --model M --n-ctx N ...` starts `abi dash --serve` with the same flags, but on a
+    free loopback port with its own token; the app gets the handle, not a URL."""
+    from abi_tui import app as app_module
+    from abi_tui import cli
+    from abi_tui.server.supervisor import ServerSupervisor
+
+    seen: dict = {}
+    monkeypatch.setattr(ServerSupervisor, "launch", lambda self: seen.setdefault("launched", self))
+    monkeypatch.setattr(ServerSupervisor, "stop", lambda self: seen.setdefault("stopped", self))
+    monkeypatch.setattr(app_module, "run_app", lambda settings, **kwargs: seen.update(kwargs) or 0)
+    assert cli.main(["dash", "--model", "m.gguf", "--n-ctx", "2048", "--parallel", "2", "--port", "9999",
+                     "--host", "0.0.0.0", "--token", "mine", "--flash-attn", "on"]) == 0
+    supervisor = seen["server"]
+    assert seen["launched"] is supervisor and seen["stopped"] is supervisor and "connect" not in seen
+    assert supervisor.flags == ["--model", "m.gguf", "--n-ctx", "2048", "--parallel", "2", "--flash-attn", "on"]
+    command = supervisor.command(4321)
+    assert command[command.index("--host") + 1] == "127.0.0.1" and command[command.index("--port") + 1] == "4321"
+    assert "mine" not in command and supervisor.token != "mine" and len(supervisor.token) >= 24
+    assert ServerSupervisor().token != supervisor.token  # fresh for every dashboard
+
+
+def test_dash_connect_starts_no_server(monkeypatch, abi_home):
+    from abi_tui import app as app_module
+    from abi_tui import cli
+    from abi_tui.server.supervisor import ServerSupervisor
+
+    seen: dict = {}
+    monkeypatch.setattr(ServerSupervisor, "launch", lambda self: pytest.fail("--connect started a server"))
+    monkeypatch.setattr(app_module, "run_app", lambda settings, **kwargs: seen.update(kwargs) or 0)
+    assert cli.main(["dash", "--connect", "http://10.0.0.2:8642", "--token", "t"]) == 0
+    assert seen == {"connect": "http://10.0.0.2:8642", "token": "t"}

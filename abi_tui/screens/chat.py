@@ -1,4 +1,4 @@
-"""Chat pane (SPEC §8): conversations with the Abi, Abbey and Aviva personas on the active model.
+"""Chat pane: conversations with the Abi, Abbey and Aviva personas on the active model.
 
 Everything goes through the server's persona API (`AbiClient.chat`, the conversation routes):
 the server routes each message (or honours the persona chosen here, or an `@persona` prefix),
@@ -563,7 +563,7 @@ class ChatPane(Pane):
             async with stream:
                 async for event in stream:
                     if event.type == "token":
-                        await answer.append(event.text)
+                        answer.append(event.text)
                     elif event.type == "start":
                         answer.start(event.data.get("persona"), event.data.get("routing"), event.data.get("model"))
                     elif event.type == "context":

@@ -1,4 +1,5 @@
-"""Running the server: headless (`abi dash --serve`) or embedded in the dashboard's process."""
+"""Running the server: headless (`abi dash --serve`, also what `abi dash` runs as its child
+process) or on a thread of the calling process (`EmbeddedServer`: tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -185,7 +186,11 @@ def serve_forever(settings: Settings) -> int:
 
 
 class EmbeddedServer:
-    """The dashboard's server: its own event loop on a thread, so the UI loop never waits on it."""
+    """A server on a thread of this process, with its own event loop (tests and benchmarks that
+    drive a dashboard against it in one process). `abi dash` does not use it: there a server in
+    the dashboard's interpreter would share the GIL with Textual's rendering and lose half its
+    speed while an answer streams; it runs the server as a child process
+    (`abi_tui.server.supervisor`)."""
 
     def __init__(self, settings: Settings, *, services: dict | None = None) -> None:
         """`services` pre-sets server services (tests inject a fake `nvml_module`)."""

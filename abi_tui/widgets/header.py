@@ -62,12 +62,25 @@ class StatusHeader(Static):
                 parts += ["  ", (f"streams {health.active_streams} · queued {health.queued}", "$text-muted")]
             if health.state == "error" and health.error:
                 parts += ["  ", (health.error[:60], "$error")]
+        process = status.process
+        if status.phase != "up" and process is not None and process.phase in ("exited", "starting") \
+                and process.restarts:
+            # Our own server process ended: why, and when it comes back, rather than "cannot reach".
+            if process.phase == "exited":
+                retry = f" · restarting in {self.formatter.seconds(max(1.0, process.retry_in_s or 0))}"
+                text = f"server process ended ({process.last_exit}){retry}"
+            else:
+                text = f"server process restarting (restart {process.restarts})"
+            parts += ["  ", (text[:140], "$error")]
         elif status.phase in ("down", "failed") and status.error:
             retry = f" · retrying in {self.formatter.seconds(max(1.0, status.retry_in_s))}" if status.retry_in_s else ""
             # The address is already on the left: keep only the reason.
             error = re.sub(r"^(cannot reach the server at \S+|embedded server did not start): ", "",
                            self.formatter.scrub(status.error, status.url))
             parts += ["  ", (error[:120] + retry, "$error")]
+        if status.phase == "up" and process is not None and process.restarts:
+            times = "once" if process.restarts == 1 else f"{process.restarts} times"
+            parts += ["  ", (f"⟳ server restarted {times} (last: {(process.last_exit or '')[:60]})", "$warning")]
         reload = status.reload
         if reload is not None:
             mark, tone = ("⟳", "$warning") if not reload.finished else (("✔", "$success") if reload.ok else ("✘", "$error"))

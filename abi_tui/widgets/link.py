@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from abi_tui.client import Health
+from abi_tui.server.supervisor import ChildState
 
 
 @dataclass
@@ -29,6 +30,7 @@ class LinkStatus:
     retry_in_s: float | None = None
     reload: ReloadStatus | None = None
     notes: list[str] = field(default_factory=list)
+    process: ChildState | None = None  # the dashboard's own server process (`abi dash`)
 
     @property
     def connected(self) -> bool:

@@ -1,6 +1,6 @@
 """`abi dash` paints its first frame without the heavy imports (llama.cpp, chromadb,
-huggingface_hub, plotext, aiohttp): they load after it, on the server's thread. The time
-itself is measured by benchmarks/dash_startup.py, not here."""
+huggingface_hub, plotext, aiohttp): the server runs in a child process, and the panes load theirs
+after the frame. The time itself is measured by benchmarks/dash_startup.py, not here."""
 
 from __future__ import annotations
 
