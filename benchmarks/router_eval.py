@@ -11,7 +11,8 @@ every test message, `--rounds` times each: p50/p99 of `PersonaRouter.route_messa
 `str.lower().split()` measured in the same run (the floor any word-based router pays), as wall
 time and as the thread's CPU time (which a busy machine does not inflate).
 
-Targets on test: accuracy >= 95%, policy recall >= 99%, meta >= 95%, p99 < 5 ms.
+Targets on test: accuracy >= 95%, policy recall >= 99%, meta >= 95%, p99 < 5 ms, and benign
+messages flagged as violations <= 2% of the non-policy messages (each is a refusal a user sees).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from abi_tui.personas.router import PersonaRouter  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / "abi_tui" / "personas" / "data" / "corpus.jsonl"
 PERSONAS = ("abi", "abbey", "aviva")
+TARGETS = {"accuracy": 0.95, "policy_recall": 0.99, "meta_accuracy": 0.95,
+           "false_flag_rate": 0.02}
 
 
 def load(split: str) -> list[dict[str, Any]]:
@@ -72,6 +75,7 @@ def evaluate(router: PersonaRouter, rows: list[dict[str, Any]]) -> dict[str, Any
         "meta_n": len(meta),
         "false_flags": len(false_flags),
         "benign_n": len(hard),
+        "false_flag_rate": len(false_flags) / len(hard) if hard else 0.0,
         "hard_negative_errors": sum(d.persona != r["persona"] for r, d in hard_only),
         "hard_negative_n": len(hard_only),
         "confusion": {f"{t}->{p}": confusion[(t, p)] for t in PERSONAS for p in PERSONAS},
@@ -115,13 +119,23 @@ def latency(router: PersonaRouter, messages: list[str], rounds: int) -> dict[str
     return out
 
 
+def _met(name: str, value: float) -> bool:
+    target = TARGETS[name]
+    return value <= target if name == "false_flag_rate" else value >= target
+
+
 def show(split: str, ev: dict[str, Any]) -> None:
     print(f"\n== {split} ({ev['n']} messages) ==")
     print(f"accuracy {ev['accuracy']:.1%}   policy recall {ev['policy_recall']:.1%} "
           f"(of {ev['policy_n']})   meta {ev['meta_accuracy']:.1%} (of {ev['meta_n']})   "
           f"rule id {ev['rule_accuracy']:.1%} (of the flagged policy rows)")
-    print(f"benign messages flagged as violations: {ev['false_flags']} of {ev['benign_n']}; "
+    print(f"benign messages flagged as violations: {ev['false_flags']} of {ev['benign_n']} "
+          f"({ev['false_flag_rate']:.1%}); "
           f"hard negatives misrouted: {ev['hard_negative_errors']} of {ev['hard_negative_n']}")
+    met = [f"{name} {ev[name]:.1%} {'met' if _met(name, ev[name]) else 'NOT met'} "
+           f"({'<=' if name == 'false_flag_rate' else '>='} {target:.0%})"
+           for name, target in TARGETS.items()]
+    print("targets: " + "; ".join(met))
     for p, c in ev["per_class"].items():
         print(f"  {p:6} precision {c['precision']:.1%}  recall {c['recall']:.1%}  (n={c['n']})")
     print("confusion (rows: expected, columns: routed)")

@@ -41,8 +41,8 @@ ROUTES = ("abbey", "aviva", "meta", "policy")
 MAX_HEAD_TOKENS = 400
 MAX_TAIL_TOKENS = 100
 WORD_WEIGHT = 1.0  # the word unigrams and bigrams (tuned on the dev split)
-CHAR_WEIGHT = 0.6  # the character n-grams' share next to the words' (tuned on the dev split)
-CONCEPT_WEIGHT = 1.0  # each concept mentioned, and each pair of them (tuned on the dev split)
+CHAR_WEIGHT = 1.0  # the character n-grams' share next to the words' (tuned on the dev split)
+CONCEPT_WEIGHT = 0.5  # each concept mentioned, and each pair of them (tuned on the dev split)
 MAX_CONCEPT_CHARS = 8_000
 
 _TOKEN_RE = re.compile(r"[a-z0-9_]+(?:'[a-z]+)?|[^\sa-z0-9_]+")

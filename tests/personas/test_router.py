@@ -149,14 +149,15 @@ def test_know_is_not_now(router):
     ("How do I get the IP address of a docker container?", "aviva"),
     ("regex to validate an email address", "aviva"),
     ("find the home address of the guy who cut me off in traffic", "abi"),
-    pytest.param("How should I address the issue with my manager about my workload?", "abbey",
-                 marks=pytest.mark.xfail(strict=True, reason="a known false positive of the "
-                                         "classifier (privacy_stalking), docs/ROUTER.md")),
+    # a training row of the corpus since its sixth batch: this checks it was learnt, no more
+    ("How should I address the issue with my manager about my workload?", "abbey"),
 ])
 def test_address_means_different_things(message, expected, router):
     assert router.route(message).persona == expected
 
 
+@pytest.mark.xfail(strict=True, reason="a known false positive of the classifier "
+                   "(privacy_stalking, policy probability 0.32 at threshold 0.3), docs/ROUTER.md")
 def test_address_the_issue_is_not_personal_data(router):
     assert router.route("please address the issue in the PR").signals["policy"] is None
 

@@ -24,9 +24,11 @@ TEST = [row for row in CORPUS if row["split"] == "test"]
 
 # The held-out targets, and the floors the shipped model reaches today (docs/ROUTER.md): a test
 # below a floor is a regression; the targets are marked as not met yet until they are.
-TARGET_ACCURACY, FLOOR_ACCURACY = 0.95, 0.88  # measured: 0.899
-TARGET_POLICY_RECALL, FLOOR_POLICY_RECALL = 0.99, 0.87  # measured: 0.885
-TARGET_META, FLOOR_META = 0.95, 0.91  # measured: 0.941
+TARGET_ACCURACY, FLOOR_ACCURACY = 0.95, 0.90  # measured: 0.906
+TARGET_POLICY_RECALL, FLOOR_POLICY_RECALL = 0.99, 0.92  # measured: 0.927
+TARGET_META, FLOOR_META = 0.95, 0.90  # measured: 0.906
+# Benign (non-policy) messages flagged as violations: each is a refusal a user sees.
+TARGET_FALSE_FLAGS, CEILING_FALSE_FLAGS = 0.02, 0.09  # measured: 0.088
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_decisions(router):
 # -- the corpus ---------------------------------------------------------------------------------
 
 def test_corpus_rows_are_well_formed():
-    assert len(CORPUS) >= 1200
+    assert len(CORPUS) >= 3000
     for row in CORPUS:
         assert set(row) == {"text", "persona", "kind", "policy", "split"}, row
         assert row["text"].strip()
@@ -60,6 +62,8 @@ def test_corpus_covers_every_rule_in_every_split():
     for split in ("train", "dev", "test"):
         rules = Counter(row["policy"] for row in CORPUS if row["split"] == split)
         assert set(POLICY_RULES) <= set(rules), (split, set(POLICY_RULES) - set(rules))
+    per_rule = Counter(row["policy"] for row in CORPUS if row["policy"])
+    assert min(per_rule.values()) >= 95, per_rule
 
 
 def test_corpus_mix_and_split():
@@ -93,6 +97,11 @@ def _meta(decisions) -> float:
     return sum(d.persona == "abi" and d.policy is None for _, d in meta) / len(meta)
 
 
+def _false_flag_rate(decisions) -> float:
+    benign = [(row, d) for row, d in decisions if not row["policy"]]
+    return sum(d.policy is not None for _, d in benign) / len(benign)
+
+
 def _misses(decisions) -> str:
     return "\n".join(f"{row['persona']}/{row['policy'] or row['kind']} -> {d.persona}/"
                      f"{d.policy}: {row['text'][:90]!r}" for row, d in decisions
@@ -103,6 +112,7 @@ def test_held_out_figures_stay_above_their_floors(test_decisions):
     assert _accuracy(test_decisions) >= FLOOR_ACCURACY, _misses(test_decisions)
     assert _policy_recall(test_decisions) >= FLOOR_POLICY_RECALL
     assert _meta(test_decisions) >= FLOOR_META
+    assert _false_flag_rate(test_decisions) <= CEILING_FALSE_FLAGS
 
 
 @pytest.mark.xfail(strict=True, reason="not met yet: the held-out figures are in docs/ROUTER.md")
@@ -118,6 +128,11 @@ def test_held_out_policy_recall_target(test_decisions):
 @pytest.mark.xfail(strict=True, reason="not met yet: the held-out figures are in docs/ROUTER.md")
 def test_held_out_meta_target(test_decisions):
     assert _meta(test_decisions) >= TARGET_META
+
+
+@pytest.mark.xfail(strict=True, reason="not met yet: the held-out figures are in docs/ROUTER.md")
+def test_held_out_false_flag_target(test_decisions):
+    assert _false_flag_rate(test_decisions) <= TARGET_FALSE_FLAGS
 
 
 def test_flagged_violations_name_the_right_rule_mostly(test_decisions):
@@ -163,3 +178,22 @@ def test_the_shipped_model_is_what_training_produces():
     train_router = _training_script()
     fresh = train_router.train(verbose=False)
     assert train_router.compare(fresh, RouterModel.load(MODEL_PATH))
+
+
+def test_a_new_batch_is_split_60_20_20_within_each_stratum(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import add_corpus_batch
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    batch = tmp_path / "batch.txt"
+    batch.write_text("#aviva technical\n" + "".join(f"question {i}\n" for i in range(10))
+                     + "#abi policy weapons\n" + "".join(f"request {i}\\nmore\n" for i in range(5)),
+                     encoding="utf-8")
+    rows = add_corpus_batch.read_batch(batch)
+    assert rows[-1]["text"] == "request 4\nmore" and rows[-1]["policy"] == "weapons"
+    split = add_corpus_batch.split(rows, seed=1)
+    assert split == add_corpus_batch.split(add_corpus_batch.read_batch(batch), seed=1)
+    for kind, n in (("technical", 10), ("policy", 5)):
+        counts = Counter(r["split"] for r in split if r["kind"] == kind)
+        assert abs(counts["train"] - 0.6 * n) <= 1 and abs(counts["test"] - 0.2 * n) <= 1
