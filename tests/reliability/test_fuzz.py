@@ -40,7 +40,7 @@ PROPERTY = settings(max_examples=PROPERTY_EXAMPLES, deadline=None, suppress_heal
 @pytest.fixture
 def fuzz_server(tmp_path, monkeypatch, tiny_model):
     """The server in its own thread (schemathesis calls are blocking), a fake hub for search and
-    pull, the tiny model as the embedding model, the mock as the default for generation."""
+    pull, the tiny model as the embedding model; generation names the mock (see `_cheap`)."""
     from conftest import free_port
 
     from abi_tui.config import load_settings
@@ -62,12 +62,21 @@ def fuzz_server(tmp_path, monkeypatch, tiny_model):
     hub.stop()
 
 
+GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions", "/api/stream", "/api/v1/chat",
+                    "/api/v1/chat/{persona}")
+
+
 def _cheap(case: Any) -> None:
     """Keep generation short: a schema-valid max_tokens stays valid when lowered. Only whole
     numbers: lowering a fractional one (a negative case) would make it valid, and the server's
-    acceptance of it would then count as a failure."""
+    acceptance of it would then count as a failure. Generation names the mock: with no model
+    loaded, `default` and the personas are a 503 by design (the mock is never a stand-in)."""
     body = case.body
     if isinstance(body, dict):
+        if case.path in GENERATION_PATHS and (body.get("model") is None or isinstance(body.get("model"), str)):
+            body["model"] = "mock/constant_rate?min_ms=0&max_ms=0"
+            if isinstance(body.get("persona"), str):
+                del body["persona"]
         for key in ("max_tokens", "max_completion_tokens"):
             value = body.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 6 \

@@ -134,6 +134,7 @@ async def test_deep_nesting_is_a_400_on_every_route_and_the_server_lives(app_ser
                     kinds = [(await ws.receive_json(timeout=10))["type"] for _ in range(4)]
                     assert kinds == ["start", "token", "token", "end"]  # the same socket serves on
             async with session.post("/v1/chat/completions", headers=JSON, data=json.dumps(
-                    {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})) as response:
+                    {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                     "model": "mock/constant_rate?min_ms=1&max_ms=1"})) as response:
                 assert response.status == 200
     figures.set(hostile_inputs=tried)

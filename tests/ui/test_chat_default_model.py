@@ -7,7 +7,7 @@ import pytest
 from .conftest import UiServer, wait_for
 from .test_chat import answers, chat_ready, pane_of, send
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.chat_demo]
 
 
 @pytest.fixture
