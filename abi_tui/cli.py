@@ -92,10 +92,12 @@ def build_parser() -> OneLineParser:
     add_server_flags(dash)
 
     from abi_tui.bench import commands as bench_commands
+    from abi_tui.memory import commands as memory_commands
     from abi_tui.models import commands as model_commands
 
     model_commands.add_parser(commands)
     bench_commands.add_parser(commands)
+    memory_commands.add_parser(commands)
     return parser
 
 

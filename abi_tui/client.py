@@ -92,6 +92,7 @@ class ModelEntry:
     params: int | None = None
     context_length: int | None = None
     architecture: str | None = None
+    embedding: bool = False  # an embedding model (vector_store.embedding_model), not a chat model
     loaded: bool = False
     spec: str | None = None
     repo: str | None = None
@@ -670,6 +671,12 @@ class AbiClient:
             query["contains"] = contains
         body = await self.request("GET", "/api/v1/memory?" + urlencode(query))
         return [MemoryInfo.from_dict(i) for i in body.get("items", [])], int(body.get("total", 0))
+
+    async def memory_status(self) -> dict[str, Any]:
+        """state (lexical, ready, no_embedding_model, error), embedding_model, dedicated (a
+        configured embedding model rather than the chat model), total items."""
+        body = await self.request("GET", "/api/v1/memory?limit=1")
+        return {k: v for k, v in body.items() if k != "items"}
 
     async def recall(self, query: str, *, k: int = 5, mode: str = "fused") -> list[MemoryInfo]:
         """What memory would bring into the prompt for this message."""

@@ -50,9 +50,10 @@ sys.path.insert(0, str(REPO))
 from abi_tui.memory.chats import ChatStore  # noqa: E402
 from abi_tui.memory.embedder import CenteredEmbedder  # noqa: E402
 from abi_tui.memory.items import MemoryItem, MemoryItems  # noqa: E402
-from abi_tui.memory.lexical import overlap, terms  # noqa: E402
-from abi_tui.memory.recall import Fusion, HybridMemory  # noqa: E402
+from abi_tui.memory.lexical import terms  # noqa: E402
+from abi_tui.memory.recall import FEATURES, Fusion, HybridMemory  # noqa: E402
 from abi_tui.memory.vectors import VectorMemory, make_client  # noqa: E402
+from abi_tui.memory.wordvectors import Lexicon, TokenVectors  # noqa: E402
 
 DATA = REPO / "benchmarks" / "data"
 FUSION_JSON = REPO / "abi_tui" / "memory" / "data" / "fusion.json"
@@ -74,6 +75,8 @@ def model_path(name: str) -> Path:
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
@@ -103,62 +106,85 @@ def old_cosine(memory: HybridMemory, pairs, unrelated, vectors_of) -> dict:
     return {"recall_at_5": found / len(pairs), "false_hit_rate": false_hits / len(unrelated)}
 
 
-def candidates(memory: HybridMemory, question: str, vector, embedder) -> list[tuple[int, float, float]]:
-    """(fact number, term overlap, z-score) of every candidate either retriever proposes."""
-    n = memory.fusion.candidates
-    lexical, weights = memory.items.search(question, k=n)
-    nearest = memory.vectors.query(vector, k=n)
-    sims = {h.id: h.similarity for h in nearest}
-    sims.update(memory.vectors.similarities(vector, [h.item.id for h in lexical if h.item.id not in sims]))
-    items = memory.items.get(list(sims))
-    query_terms = terms(question)
-    return [(item.message_id, overlap(query_terms, set(terms(item.text)), weights),
-             embedder.z_score(sims[ident])) for ident, item in items.items()]
+def candidate_features(memory: HybridMemory, question: str, vector) -> list[tuple[int, dict]]:
+    """(fact number, features) of every candidate the fused retriever considers."""
+    fusion = memory.fusion
+    memory.fusion = replace(fusion, min_score=-1.0)
+    try:
+        hits, _ = memory.search_timed(question, k=4 * fusion.candidates, query_vector=vector)
+    finally:
+        memory.fusion = fusion
+    return [(h.item.message_id, h.features) for h in hits]
 
 
-def fit_logistic(rows: list[tuple[float, float, int]], steps: int = 3000, rate: float = 0.5
-                 ) -> tuple[float, float, float]:
-    """Weights (overlap, z, bias) by gradient descent on the log loss, classes balanced."""
-    a = b = c = 0.0
-    positives = sum(label for *_, label in rows) or 1
+def fit_logistic(rows: list[tuple[dict, int]], steps: int = 4000, rate: float = 0.5,
+                 l2: float = 1e-3) -> tuple[dict[str, float], float]:
+    """Weights per feature and a bias, by gradient descent on the log loss, classes balanced."""
+    weights = dict.fromkeys(FEATURES, 0.0)
+    bias = 0.0
+    positives = sum(label for _, label in rows) or 1
     negatives = (len(rows) - positives) or 1
     for _ in range(steps):
-        ga = gb = gc = 0.0
-        for x1, x2, label in rows:
-            p = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, a * x1 + b * x2 + c))))
-            weight = 0.5 / positives if label else 0.5 / negatives
-            ga += weight * (p - label) * x1
-            gb += weight * (p - label) * x2
-            gc += weight * (p - label)
-        a, b, c = a - rate * ga, b - rate * gb, c - rate * gc
-    return a, b, c
+        grad = dict.fromkeys(FEATURES, 0.0)
+        grad_bias = 0.0
+        for features, label in rows:
+            x = bias + sum(weights[f] * features[f] for f in FEATURES)
+            p = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
+            share = 0.5 / positives if label else 0.5 / negatives
+            for f in FEATURES:
+                grad[f] += share * (p - label) * features[f]
+            grad_bias += share * (p - label)
+        for f in FEATURES:
+            weights[f] -= rate * (grad[f] + l2 * weights[f])
+        bias -= rate * grad_bias
+    return {f: round(w, 4) for f, w in weights.items()}, round(bias, 4)
+
+
+def best_cutoff(ranked: list[tuple[int | None, list[tuple[int, float]]]], grid: list[float]) -> float:
+    """The cut-off with the best recall@5 at most MAX_FALSE_HITS_TRAIN false hits. `ranked`: per
+    question, its fact number (None: unrelated) and its top five (fact, score), cut-off free."""
+    n_pairs = sum(1 for fact, _ in ranked if fact is not None) or 1
+    n_unrelated = sum(1 for fact, _ in ranked if fact is None) or 1
+    chosen, chosen_recall = grid[-1], -1.0
+    for cut in grid:
+        found = sum(any(n == fact and score >= cut for n, score in top) for fact, top in ranked if fact is not None)
+        false = sum(any(score >= cut for _, score in top) for fact, top in ranked if fact is None)
+        if false / n_unrelated <= MAX_FALSE_HITS_TRAIN and found / n_pairs > chosen_recall:
+            chosen, chosen_recall = cut, found / n_pairs
+    return chosen
 
 
 def fit(memory: HybridMemory, pairs, unrelated, vectors_of, embedder) -> Fusion:
     rows = []
-    for pair in pairs:
-        for number, lex, z in candidates(memory, pair["question"], vectors_of[pair["question"]], embedder):
-            rows.append((lex, z, int(number == pair["n"])))
-    for question in unrelated:
-        for _, lex, z in candidates(memory, question["question"], vectors_of[question["question"]], embedder):
-            rows.append((lex, z, 0))
-    a, b, c = fit_logistic(rows)
-    fusion = replace(memory.fusion, lexical_weight=round(a, 4), vector_weight=round(b, 4), bias=round(c, 4))
-
-    def best(field_name: str, grid, mode: str) -> float:
-        chosen, chosen_recall = None, -1.0
-        for value in grid:
-            memory.fusion = replace(fusion, **{field_name: value})
-            result = evaluate(memory, pairs, unrelated, vectors_of, mode)
-            if result["false_hit_rate"] <= MAX_FALSE_HITS_TRAIN and result["recall_at_5"] > chosen_recall:
-                chosen, chosen_recall = value, result["recall_at_5"]
-        return grid[-1] if chosen is None else chosen
-
-    fusion = replace(fusion, min_score=best("min_score", [round(0.05 * i, 2) for i in range(1, 20)], "fused"))
-    fusion = replace(fusion, min_overlap=best("min_overlap", [round(0.05 * i, 2) for i in range(1, 21)], "bm25"))
-    fusion = replace(fusion, min_z=best("min_z", [round(0.25 * i, 2) for i in range(0, 41)], "vectors"))
+    questions = [(p["question"], p["n"]) for p in pairs] + [(q["question"], None) for q in unrelated]
+    for question, fact in questions:
+        for number, features in candidate_features(memory, question, vectors_of[question]):
+            rows.append((features, int(number == fact)))
+    weights, bias = fit_logistic(rows)
+    fusion = replace(memory.fusion, weights=weights, bias=bias, min_score=0.0, min_overlap=0.0, min_z=-1e9)
+    memory.fusion = fusion
+    ranked = {mode: [] for mode in ("fused", "bm25", "vectors")}
+    for question, fact in questions:
+        for mode in ranked:
+            hits, _ = memory.search_timed(question, k=K, mode=mode, query_vector=vectors_of[question])
+            ranked[mode].append((fact, [(h.item.message_id, h.score) for h in hits]))
+    fusion = replace(fusion, min_score=best_cutoff(ranked["fused"], [round(0.01 * i, 2) for i in range(1, 100)]),
+                     min_overlap=best_cutoff(ranked["bm25"], [round(0.05 * i, 2) for i in range(1, 21)]),
+                     min_z=best_cutoff(ranked["vectors"], [round(0.1 * i, 1) for i in range(0, 101)]))
     memory.fusion = fusion
     return fusion
+
+
+def misses(memory: HybridMemory, pairs, unrelated, vectors_of) -> None:
+    """What the fused retriever gets wrong on this split (print it only for train)."""
+    for pair in pairs:
+        hits, _ = memory.search_timed(pair["question"], k=K, query_vector=vectors_of[pair["question"]])
+        if not any(h.item.message_id == pair["n"] for h in hits):
+            print(f"  missed: {pair['question']!r} -> {pair['fact']!r} {terms(pair['question'])} / {terms(pair['fact'])}")
+    for question in unrelated:
+        hits, _ = memory.search_timed(question["question"], k=K, query_vector=vectors_of[question["question"]])
+        if hits:
+            print(f"  false hit: {question['question']!r} -> {hits[0].item.text!r} ({hits[0].score:.2f})")
 
 
 def filler_items(count: int, start: int) -> list[MemoryItem]:
@@ -179,6 +205,10 @@ def main() -> None:
     parser.add_argument("--filler", type=int, default=10_000, help="store size for the latency run (0: skip)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--embed-samples", type=int, default=60, help="questions whose embedding is timed")
+    parser.add_argument("--misses", action="store_true", help="list the fused retriever's mistakes (train only)")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "abi-memory-eval",
+                        help="embeddings of the eval texts per model, reused by later runs")
     args = parser.parse_args()
 
     from abi_tui.backends.llamacpp import LlamaBackend, LlamaOptions
@@ -192,10 +222,22 @@ def main() -> None:
 
     path = model_path(args.model)
     backend = LlamaBackend(path, path.stem, LlamaOptions(n_ctx=512, parallel=1, threads=args.threads))
-    embedder = CenteredEmbedder(lambda texts: backend.embed(texts)[0])
+    cache_file = args.cache / f"{path.stem}-{path.stat().st_size}.json"
+    cached: dict[str, list[float]] = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+
+    def raw_embed(texts: list[str]) -> list[list[float]]:
+        todo = [t for t in texts if t not in cached]
+        if todo:
+            cached.update(zip(todo, backend.embed(todo)[0]))
+        return [cached[t] for t in texts]
+
+    embedder = CenteredEmbedder(raw_embed)
     with tempfile.TemporaryDirectory() as tmp, ChatStore(Path(tmp) / "chats.db") as chats:
         client = make_client(None, Path(tmp) / "vectors")
         memory = HybridMemory(MemoryItems(chats), VectorMemory(client, embedder, path.stem))
+        tokens = TokenVectors(path, lambda text: backend.tokenize(text, add_bos=False, special=False),
+                              backend.header)
+        memory.use_lexicon(Lexicon(tokens))
         started = time.perf_counter()
         for pair in data["pairs"]:  # every fact, both splits: a bigger haystack than one split's
             memory.remember(conversation_id=f"c{pair['n']}", role="user", text=pair["fact"],
@@ -203,15 +245,21 @@ def main() -> None:
         store_s = time.perf_counter() - started
         questions = [p["question"] for p in pairs] + [q["question"] for q in unrelated]
         embed_ms, vectors_of = [], {}
-        for question in questions:
-            t0 = time.perf_counter()
+        for i, question in enumerate(questions):
+            if i < args.embed_samples:  # timed without the cache: a real query's cost
+                t0 = time.perf_counter()
+                [cached[question]] = backend.embed([question])[0]
+                embed_ms.append((time.perf_counter() - t0) * 1000)
             [vectors_of[question]] = embedder([question])
-            embed_ms.append((time.perf_counter() - t0) * 1000)
+        args.cache.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(cached))
 
         if args.fit:
             fusion = fit(memory, pairs, unrelated, vectors_of, embedder)
             FUSION_JSON.write_text(json.dumps(asdict(fusion)) + "\n")
             print(f"fitted on train ({path.name}) -> {FUSION_JSON.relative_to(REPO)}: {asdict(fusion)}")
+        if args.misses and split == "train":
+            misses(memory, pairs, unrelated, vectors_of)
 
         results = {mode: evaluate(memory, pairs, unrelated, vectors_of, mode)
                    for mode in ("bm25", "vectors", "fused")}

@@ -35,6 +35,16 @@ class MemoryItem:
 
 
 @dataclass(frozen=True)
+class QueryTerms:
+    """A query as the lexical index sees it: its terms, their idf weights, and which of them
+    occur in any stored item (a word nothing stored contains cannot tell items apart)."""
+
+    terms: list[str]
+    weights: dict[str, float]
+    present: frozenset[str]
+
+
+@dataclass(frozen=True)
 class LexicalHit:
     item: MemoryItem
     bm25: float  # FTS5's score, higher is better here
@@ -109,14 +119,15 @@ class MemoryItems:
         return self.chats.run(lambda db: db.execute(
             "SELECT COUNT(*) FROM memory_items WHERE forgotten = 0").fetchone()[0])
 
-    def search(self, query: str, *, k: int = 20, exclude_conversation: str | None = None
-               ) -> tuple[list[LexicalHit], dict[str, float]]:
-        """BM25 over the items, best first, with each hit's term overlap; and the query terms'
-        idf weights (to score items that other retrievers found)."""
+    def search(self, query: str, *, k: int = 20, exclude_conversation: str | None = None,
+               expand: list[str] | None = None) -> tuple[list[LexicalHit], QueryTerms]:
+        """BM25 over the items, best first, with each hit's term overlap; and the query's terms
+        (to score items that other retrievers found). `expand`: more terms to match (words like
+        the query's), which do not count in the overlap."""
         query_terms = terms(query)
-        expression = match_query(query_terms)
+        expression = match_query(query_terms + [t for t in (expand or []) if t not in query_terms])
         if expression is None:
-            return [], {}
+            return [], QueryTerms([], {}, frozenset())
 
         def work(db: sqlite3.Connection) -> tuple[list[sqlite3.Row], dict[str, int], int]:
             rows = db.execute(
@@ -133,9 +144,10 @@ class MemoryItems:
 
         rows, freq, total = self.chats.run(work)
         weights = {t: idf(freq.get(t, 0), max(total, 1)) for t in query_terms}
+        query = QueryTerms(query_terms, weights, frozenset(t for t in query_terms if freq.get(t)))
         return [LexicalHit(_item(row), -float(row["score"]),
                            overlap(query_terms, set(row["terms"].split()), weights))
-                for row in rows], weights
+                for row in rows], query
 
     def list(self, *, limit: int = 50, offset: int = 0, conversation_id: str | None = None,
              contains: str | None = None) -> tuple[list[MemoryItem], int]:

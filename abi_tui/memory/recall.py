@@ -1,12 +1,17 @@
 """Hybrid recall: BM25 over the chat database and vectors in chromadb, fused, cut by a calibrated
 score.
 
-Each retriever proposes `candidates` items. Every candidate then gets both signals: its term
-overlap with the query (idf-weighted share of the query's terms, 0..1) and its embedding
-similarity as a z-score against unrelated pairs (memory/embedder.py). A logistic model of the
-two, fitted on the training split of benchmarks/data/memory_pairs.json (data/fusion.json), says
-how likely the item answers the query; items under `min_score` are dropped, so an unrelated
-question recalls nothing. Ties are broken by reciprocal rank fusion of the two rankings.
+Each retriever proposes `candidates` items. Every candidate then gets the same features:
+- `overlap`: the idf-weighted share of the query's terms the item holds (0..1);
+- `soft`: the share of the query's weight covered by the item's most similar words, by the
+  chat model's token embeddings (wordvectors.py: "dad" meets "father");
+- `similarity_z`: its embedding similarity as a z-score against unrelated pairs (embedder.py);
+- `self_my`, `self_i`: the query speaks of the user ("my", "me"; "I") — questions about the user
+  are what memory answers, general questions rarely are.
+A logistic model of these, fitted on the training split of benchmarks/data/memory_pairs.json
+(data/fusion.json), says how likely the item answers the query; items under `min_score` are
+dropped, so an unrelated question recalls nothing. Ties are broken by reciprocal rank fusion of
+the two rankings.
 
 Without an embedding model the lexical side works alone, cut at `min_overlap`.
 """
@@ -15,24 +20,43 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
-from abi_tui.memory.items import MemoryItem, MemoryItems, items_of_message
+from abi_tui.memory.items import MemoryItem, MemoryItems, QueryTerms, items_of_message
 from abi_tui.memory.lexical import overlap, terms
 from abi_tui.memory.vectors import VectorMemory
+from abi_tui.memory.wordvectors import Lexicon, content_words
 
 MODES = ("fused", "bm25", "vectors")
 RRF_K = 60
+FEATURES = ("overlap", "soft", "similarity_z", "self_my", "self_i")
+EXPAND_K = 3  # stored words like each query word that BM25 also looks for
+EXPAND_MIN_SIMILARITY = 0.45
+_SELF_MY = re.compile(r"\b(?:my|me|mine|myself|our|ours|us)\b", re.I)
+_SELF_I = re.compile(r"\b(?:i|i'm|i've|i'd|i'll|im|we)\b", re.I)
+
+
+def query_features(query: str) -> dict[str, float]:
+    return {"self_my": float(bool(_SELF_MY.search(query))), "self_i": float(bool(_SELF_I.search(query)))}
+
+
+def word_weights(qterms: QueryTerms) -> Callable[[str], float]:
+    """A query word's weight: the idf of its term (1 for a word the index drops)."""
+    def weight(word: str) -> float:
+        found = terms(word)
+        return qterms.weights.get(found[0], 1.0) if found else 0.0
+    return weight
 
 
 @dataclass(frozen=True)
 class Fusion:
-    lexical_weight: float = 8.0
-    vector_weight: float = 1.0
+    weights: dict[str, float] = field(default_factory=lambda: {
+        "overlap": 6.0, "soft": 2.0, "similarity_z": 0.5, "self_my": 1.0, "self_i": 0.0})
     bias: float = -6.0
     min_score: float = 0.5
     min_overlap: float = 0.5  # the lexical retriever alone
@@ -45,8 +69,8 @@ class Fusion:
         data = json.loads(path.read_text(encoding="utf-8"))
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
-    def score(self, overlap_: float, z: float | None) -> float:
-        x = self.lexical_weight * overlap_ + self.vector_weight * (z or 0.0) + self.bias
+    def score(self, features: dict[str, float]) -> float:
+        x = self.bias + sum(w * features.get(name, 0.0) for name, w in self.weights.items())
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
 
 
@@ -57,6 +81,7 @@ class RecallHit:
     overlap: float
     similarity: float | None = None
     sources: list[str] = field(default_factory=list)
+    features: dict[str, float] = field(default_factory=dict)  # what the fused score saw
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.item.to_dict(), "score": round(self.score, 4), "overlap": round(self.overlap, 4),
@@ -77,10 +102,18 @@ class Timings:
 
 class HybridMemory:
     def __init__(self, items: MemoryItems, vectors: VectorMemory | None = None,
-                 fusion: Fusion | None = None) -> None:
+                 fusion: Fusion | None = None, lexicon: Lexicon | None = None) -> None:
         self.items = items
         self.vectors = vectors
         self.fusion = fusion or Fusion.load()
+        self.lexicon = lexicon
+
+    def use_lexicon(self, lexicon: Lexicon | None) -> None:
+        """Word vectors of the embedding model, filled with the words of every stored item."""
+        if lexicon is not None:
+            for chunk in self.items.iter_live(512):
+                lexicon.add(item.text for item in chunk)
+        self.lexicon = lexicon
 
     @property
     def model(self) -> str | None:
@@ -95,6 +128,8 @@ class HybridMemory:
         added = self.items.add(items)
         if added and self.vectors is not None:
             self.vectors.add(added)
+        if added and self.lexicon is not None:
+            self.lexicon.add(item.text for item in added)
         return added
 
     def forget(self, ids: list[str]) -> list[str]:
@@ -140,11 +175,16 @@ class HybridMemory:
         vectors = self.vectors if mode != "bm25" else None
         if mode == "vectors" and vectors is None:
             return [], timings
-        lexical, weights = [], {}
         started = time.perf_counter()
-        if mode != "vectors" or vectors is not None:
-            lexical, weights = self.items.search(query, k=fusion.candidates,
-                                                 exclude_conversation=exclude_conversation)
+        lexical, qterms = [], QueryTerms([], {}, frozenset())
+        words = content_words(query)
+        expand = None
+        if mode == "fused" and self.lexicon is not None and vectors is not None:
+            expand = terms(" ".join(self.lexicon.neighbours(words, k=EXPAND_K,
+                                                             min_similarity=EXPAND_MIN_SIMILARITY)))
+        if mode != "vectors":
+            lexical, qterms = self.items.search(query, k=fusion.candidates,
+                                                exclude_conversation=exclude_conversation, expand=expand)
         timings.lexical_ms = (time.perf_counter() - started) * 1000
         if mode == "bm25" or (mode == "fused" and vectors is None):
             hits = [RecallHit(h.item, h.overlap, h.overlap, None, ["bm25"]) for h in lexical
@@ -181,19 +221,25 @@ class HybridMemory:
         similarity.update(vectors.similarities(query_vector, lexical_only))
         found = {h.item.id: h.item for h in lexical}
         found.update(self.items.get([i for i in similarity if i not in found]))
-        query_terms = terms(query)
         lexical_ids = {h.item.id for h in lexical}
         nearest_ids = {h.id for h in nearest}
+        per_query = query_features(query)
+        word_weight = word_weights(qterms)
         hits = []
         for ident, item in found.items():
+            item_terms = set(terms(item.text))
             if ident not in overlaps:
-                overlaps[ident] = overlap(query_terms, set(terms(item.text)), weights)
+                overlaps[ident] = overlap(qterms.terms, item_terms, qterms.weights)
             sim = similarity.get(ident)
-            score = fusion.score(overlaps[ident], None if sim is None else z_of(sim))
+            soft = (self.lexicon.soft_overlap(words, content_words(item.text), word_weight)
+                    if self.lexicon is not None else overlaps[ident])
+            features = {"overlap": overlaps[ident], "similarity_z": 0.0 if sim is None else z_of(sim),
+                        "soft": soft, **per_query}
+            score = fusion.score(features)
             if score >= fusion.min_score:
                 sources = [name for name, ids in (("bm25", lexical_ids), ("vector", nearest_ids))
                            if ident in ids]
-                hits.append(RecallHit(item, score, overlaps[ident], sim, sources))
+                hits.append(RecallHit(item, score, overlaps[ident], sim, sources, features))
         hits.sort(key=lambda h: (-h.score, -rrf.get(h.item.id, 0.0)))
         timings.fuse_ms = (time.perf_counter() - started) * 1000
         return hits[:k], timings

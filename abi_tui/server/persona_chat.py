@@ -161,7 +161,22 @@ class PersonaService:
             # A new embedding model: its collection starts from the items already remembered.
             self.memory.vectors = vectors
             self.memory.sync_vectors()
+        self.memory.use_lexicon(self._lexicon(backend))
         return vectors
+
+    @staticmethod
+    def _lexicon(backend: Any) -> Any:
+        """Word vectors from the model's token embedding table (memory/wordvectors.py), when the
+        model is a local GGUF; recall works without them, less well on paraphrases."""
+        from abi_tui.memory.wordvectors import Lexicon, TokenVectors
+
+        try:
+            tokens = TokenVectors(backend.path, lambda text: backend.tokenize(text, add_bos=False, special=False),
+                                  getattr(backend, "header", None))
+        except Exception as exc:  # no path, no table, a quantisation gguf cannot read
+            log.info("memory without word vectors for %s: %s", getattr(backend, "model_id", "?"), exc)
+            return None
+        return Lexicon(tokens)
 
     def _restore_missing(self, memory: Any, limit: int = 50) -> int:
         """The chat history is the record: finished turns whose memory write a crash (SIGKILL)

@@ -60,7 +60,8 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 def _status(service: PersonaService, memory) -> dict:
     return {"state": service.memory_state, "error": service.memory_error,
-            "embedding_model": memory.model}
+            "embedding_model": memory.model,
+            "dedicated": bool(service.settings.vector_store.embedding_model)}
 
 
 async def list_items(request: web.Request) -> web.Response:

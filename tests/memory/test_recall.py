@@ -26,7 +26,7 @@ from abi_tui.memory.recall import Fusion, HybridMemory, memory_prompt
 from abi_tui.memory.sentences import pieces
 from abi_tui.memory.vectors import VectorMemory, make_client
 
-FUSION = Fusion(lexical_weight=8.0, vector_weight=4.0, bias=-6.0, min_score=0.5, min_overlap=0.5,
+FUSION = Fusion(weights={"overlap": 8.0, "similarity_z": 4.0}, bias=-6.0, min_score=0.5, min_overlap=0.5,
                 min_z=0.5, candidates=20)
 
 
