@@ -75,6 +75,12 @@ def _item(row: sqlite3.Row) -> MemoryItem:
 class MemoryItems:
     def __init__(self, chats: ChatStore) -> None:
         self.chats = chats
+        self._live: int | None = None  # live items, counted once then kept up to date (idf's N)
+
+    def _live_count(self, db: sqlite3.Connection) -> int:
+        if self._live is None:
+            self._live = db.execute("SELECT COUNT(*) FROM memory_items WHERE forgotten = 0").fetchone()[0]
+        return self._live
 
     def add(self, items: list[MemoryItem]) -> list[MemoryItem]:
         """Store items; returns those that were new (an id seen before, even forgotten, is not)."""
@@ -94,6 +100,8 @@ class MemoryItems:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            if self._live is not None:
+                self._live += len(added)
             return added
         return self.chats.run(work) if items else []
 
@@ -116,8 +124,7 @@ class MemoryItems:
         return {row["id"]: _item(row) for row in rows}
 
     def count(self) -> int:
-        return self.chats.run(lambda db: db.execute(
-            "SELECT COUNT(*) FROM memory_items WHERE forgotten = 0").fetchone()[0])
+        return self.chats.run(self._live_count)
 
     def search(self, query: str, *, k: int = 20, exclude_conversation: str | None = None,
                expand: list[str] | None = None) -> tuple[list[LexicalHit], QueryTerms]:
@@ -139,8 +146,7 @@ class MemoryItems:
             marks = ",".join("?" * len(unique))
             freq = dict(db.execute(f"SELECT term, doc FROM memory_vocab WHERE term IN ({marks})",
                                    unique).fetchall())
-            total = db.execute("SELECT COUNT(*) FROM memory_items WHERE forgotten = 0").fetchone()[0]
-            return rows, freq, total
+            return rows, freq, self._live_count(db)
 
         rows, freq, total = self.chats.run(work)
         weights = {t: idf(freq.get(t, 0), max(total, 1)) for t in query_terms}
@@ -185,6 +191,8 @@ class MemoryItems:
                 live_marks = ",".join("?" * len(live))
                 db.execute(f"UPDATE memory_items SET forgotten = 1, text = '', terms = '' "
                            f"WHERE id IN ({live_marks})", live)
+                if self._live is not None:
+                    self._live -= len(live)
             return live
         return self.chats.run(work)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -107,6 +108,7 @@ class HybridMemory:
         self.vectors = vectors
         self.fusion = fusion or Fusion.load()
         self.lexicon = lexicon
+        self.closing = threading.Event()  # set: a long sync_vectors stops after its batch
 
     def use_lexicon(self, lexicon: Lexicon | None) -> None:
         """Word vectors of the embedding model, filled with the words of every stored item."""
@@ -146,6 +148,8 @@ class HybridMemory:
             return 0
         total, done, added = self.items.count(), 0, 0
         for chunk in self.items.iter_live(batch):
+            if self.closing.is_set():
+                break
             missing = self.vectors.missing([item.id for item in chunk])
             todo = [item for item in chunk if item.id in missing]
             if todo:

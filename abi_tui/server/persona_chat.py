@@ -61,6 +61,7 @@ class PersonaService:
         self.memory_error: str | None = None
         self._memory_lock = asyncio.Lock()
         self._opening: asyncio.Task | None = None
+        self._filling: asyncio.Task | None = None
         engine.stream_listeners.append(self._on_stream_end)
 
     # -------------------------------------------------------------------------------- lifecycle
@@ -73,6 +74,10 @@ class PersonaService:
             self._opening.cancel()
             await asyncio.gather(self._opening, return_exceptions=True)
             self._opening = None
+        if self._filling is not None:
+            self.memory.closing.set()
+            await asyncio.gather(self._filling, return_exceptions=True)  # a thread: let it end
+            self._filling = None
         self.memory = None
         if self.chats is not None:
             await asyncio.to_thread(self.chats.close)
@@ -113,6 +118,11 @@ class PersonaService:
                 self.memory.vectors, self.memory_backend = None, None
                 self.memory_state, self.memory_error = "error", str(exc)
                 return self.memory
+            if await asyncio.to_thread(self._new_collection):
+                # A new embedding model: its collection is filled from the items remembered so
+                # far, in the background (BM25 finds them meanwhile).
+                self._filling = asyncio.get_running_loop().create_task(
+                    asyncio.to_thread(self.memory.sync_vectors))
             try:
                 restored = await asyncio.to_thread(self._restore_missing, self.memory)
                 if restored:
@@ -120,6 +130,9 @@ class PersonaService:
             except Exception:  # best effort, like every memory write
                 log.exception("could not restore finished turns into memory")
             return self.memory
+
+    def _new_collection(self) -> bool:
+        return self.memory.vectors.count() == 0 and self.memory.items.count() > 0
 
     def _resident_embedding_backend(self) -> Any:
         name = self.settings.vector_store.embedding_model
@@ -157,10 +170,6 @@ class PersonaService:
 
         embed = CenteredEmbedder(lambda texts: backend.embed(texts)[0])
         vectors = VectorMemory(self._chroma_client(), embed, backend.model_id)
-        if vectors.count() == 0 and self.memory.items.count():
-            # A new embedding model: its collection starts from the items already remembered.
-            self.memory.vectors = vectors
-            self.memory.sync_vectors()
         self.memory.use_lexicon(self._lexicon(backend))
         return vectors
 

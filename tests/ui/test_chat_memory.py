@@ -11,7 +11,9 @@ from abi_tui.widgets.chat_view import ChatLog
 from abi_tui.widgets.memory_list import MemoryList
 
 from .conftest import SIZE, wait_for
-from .test_chat import chat_app, chat_ready, chat_server, pane_of, send  # noqa: F401 (fixtures)
+from .test_chat import chat_app as chat_app  # noqa: F401 (fixtures shared with the Chat pane's tests)
+from .test_chat import chat_ready, pane_of, send
+from .test_chat import chat_server as chat_server  # noqa: F401
 
 FACT = "My sister Clara lives in Lisbon."
 
@@ -20,7 +22,7 @@ def memory_lists(app) -> list[MemoryList]:
     return list(pane_of(app).query_one(ChatLog).query(MemoryList).results(MemoryList))
 
 
-async def test_a_fact_from_one_chat_is_recalled_in_a_new_chat_and_forgotten(chat_app, chat_server):
+async def test_a_fact_from_one_chat_is_recalled_in_a_new_chat_and_forgotten(chat_app, chat_server):  # noqa: F811
     async with chat_app.run_test(size=SIZE) as pilot:
         # One token of played-back message ("My"): the answer itself holds nothing to remember.
         pane = await chat_ready(pilot, max_tokens=1)
