@@ -123,7 +123,7 @@ class ChatPane(Pane):
         Binding("f2", "rename", "Rename", id="chat-rename", show=False),
         Binding("f8,delete", "delete", "Delete chat", id="chat-delete", show=False),
         Binding("ctrl+o", "forget_memory", "Forget memory", id="chat-forget-memory", show=False),
-        Binding("ctrl+b", "get_embedding_model", "Embedding model", id="chat-embedding-model", show=False),
+        Binding("ctrl+b", "get_embedding_model", "Embedding model", id="chat-embed-model", show=False),
     ]
     COMMANDS = (
         ("Chat: new conversation", "Start an empty conversation", "new_conversation"),
