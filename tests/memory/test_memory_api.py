@@ -8,6 +8,7 @@ import json
 import time
 
 import aiohttp
+import pytest
 
 from abi_tui.server.sse import parse_sse
 
@@ -83,3 +84,41 @@ async def test_memory_opens_at_start_up(app_server):
     while service._client is None and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert service._client is not None and service.memory is not None
+
+
+@pytest.mark.real_model
+async def test_reembed_fills_the_embedding_models_collection_with_progress(app_server, gemma_model):
+    from abi_tui.client import AbiClient
+
+    server = await app_server(model=str(gemma_model), n_ctx=1024)
+    service = server.state.services["personas"]
+    async with aiohttp.ClientSession(server.url) as session:
+        body = {"content": "My horse is called Thunder. I keep bees on my allotment.", "max_tokens": 2}
+        async with session.post("/api/v1/chat/abbey", headers=JSON, data=json.dumps(body)) as r:
+            assert r.status == 200
+            await r.read()
+    items = await remembered_items(service, 2)
+    memory = service.memory
+    memory.vectors.delete([i.id for i in items])  # as a new model's empty collection would be
+    assert memory.vectors.missing([i.id for i in items]) == {i.id for i in items}
+    async with AbiClient(server.url) as client:
+        events = [event async for event in client.reembed_memory()]
+        assert events[-1]["added"] >= 2 and events[-1]["model"] == memory.model
+        assert any("total" in e for e in events)
+        assert not memory.vectors.missing([i.id for i in items])
+        hits = await client.recall("What is the name of my horse?")
+        assert hits and hits[0].text == "My horse is called Thunder."
+
+
+async def remembered_items(service, count: int, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        memory = service.memory
+        if memory is not None and memory.vectors is not None:
+            items, _ = memory.items.list(contains="")
+            facts = [i for i in items if i.role == "user"]
+            if len(facts) >= count and not memory.vectors.missing([i.id for i in facts]):
+                return facts
+        await asyncio.sleep(0.1)
+    items, _ = service.memory.items.list()
+    raise AssertionError(f"{count} facts were not remembered within {timeout} s ({service.memory_state}): {items}")
