@@ -198,11 +198,13 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "get": _op("A conversation as Markdown", errors=(401, 404), params=[_path_param("conversation_id")],
                    ok_content={"text/markdown": {"schema": STRING}})},
     "/api/v1/memory": {"get": _op("Remembered items, newest first", errors=(400, 401, 503), params=[
-        _query_param("limit", INTEGER), _query_param("offset", INTEGER),
+        _query_param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+        _query_param("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}),
         _query_param("conversation_id", STRING), _query_param("contains", STRING)])},
     "/api/v1/memory/search": {"get": _op("Recall: the items a message would bring into the prompt",
                                          errors=(400, 401, 503), params=[
-        {**_query_param("q", NON_BLANK), "required": True}, _query_param("k", INTEGER),
+        {**_query_param("q", NON_BLANK), "required": True},
+        _query_param("k", {"type": "integer", "minimum": 1, "maximum": 50}),
         _query_param("mode", {"type": "string", "enum": ["fused", "bm25", "vectors"]})])},
     "/api/v1/memory/{item_id}": {"delete": _op("Forget one remembered item", errors=(401, 404, 503),
                                                params=[_path_param("item_id")])},
