@@ -101,10 +101,12 @@ def build_parser() -> OneLineParser:
     dash.add_argument("--supervised-by", type=positive_int, metavar="PID", help=argparse.SUPPRESS)
 
     from abi_tui.bench import commands as bench_commands
+    from abi_tui.memory import commands as memory_commands
     from abi_tui.models import commands as model_commands
 
     model_commands.add_parser(commands)
     bench_commands.add_parser(commands)
+    memory_commands.add_parser(commands)
     return parser
 
 

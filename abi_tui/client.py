@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 if TYPE_CHECKING:
     import aiohttp
@@ -92,6 +92,7 @@ class ModelEntry:
     params: int | None = None
     context_length: int | None = None
     architecture: str | None = None
+    embedding: bool = False  # an embedding model (vector_store.embedding_model), not a chat model
     loaded: bool = False
     spec: str | None = None
     repo: str | None = None
@@ -659,6 +660,54 @@ class AbiClient:
         """The conversation as Markdown (the server's export: titles, personas, routing, timings)."""
         return await self._get_text(f"/api/v1/conversations/{quote(conversation_id, safe='')}/export", "export")
 
+    # -- memory -----------------------------------------------------------------------------
+    async def memories(self, *, limit: int = 50, offset: int = 0, conversation_id: str | None = None,
+                       contains: str | None = None) -> tuple[list[MemoryInfo], int]:
+        """Remembered items, newest first, and how many match in all."""
+        query = {"limit": str(limit), "offset": str(offset)}
+        if conversation_id:
+            query["conversation_id"] = conversation_id
+        if contains:
+            query["contains"] = contains
+        body = await self.request("GET", "/api/v1/memory?" + urlencode(query))
+        return [MemoryInfo.from_dict(i) for i in body.get("items", [])], int(body.get("total", 0))
+
+    async def memory_status(self) -> dict[str, Any]:
+        """state (lexical, ready, no_embedding_model, error), embedding_model, dedicated (a
+        configured embedding model rather than the chat model), total items."""
+        body = await self.request("GET", "/api/v1/memory?limit=1")
+        return {k: v for k, v in body.items() if k != "items"}
+
+    async def recall(self, query: str, *, k: int = 5, mode: str = "fused") -> list[MemoryInfo]:
+        """What memory would bring into the prompt for this message."""
+        body = await self.request("GET", "/api/v1/memory/search?" + urlencode({"q": query, "k": k, "mode": mode}))
+        return [MemoryInfo.from_dict(h) for h in body.get("hits", [])]
+
+    async def forget_memory(self, item_id: str) -> None:
+        await self.request("DELETE", f"/api/v1/memory/{quote(item_id, safe='')}")
+
+    async def reembed_memory(self) -> AsyncIterator[dict[str, Any]]:
+        """Embed every item the current embedding model lacks: yields {done, total} as it goes,
+        then {added, model}; a failure raises ClientError."""
+        import aiohttp  # deferred: `abi dash` paints its first frame before it needs the network
+        try:
+            async with self.session.post(self.url + "/api/v1/memory/reembed", headers=self._headers(),
+                                         timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as response:
+                if response.status >= 400:
+                    try:
+                        body = await response.json(content_type=None)
+                    except ValueError:
+                        body = None
+                    raise error_from_body(response.status, body, f"re-embedding failed: {response.status}")
+                async for item in self._json_stream(response):
+                    if "error" in item:
+                        raise error_from_body(500, item, "re-embedding failed")
+                    yield item
+        except ClientError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._unreachable(exc) from None
+
 
 class ChatStream:
     """One generation over the WebSocket (`/api/stream/ws`) or SSE (`/api/stream`)."""
@@ -816,6 +865,28 @@ class ChatMessage:
     @property
     def incomplete(self) -> bool:
         return self.status in self.INCOMPLETE
+
+
+@dataclass
+class MemoryInfo:
+    """A remembered item: a sentence a user said (`fact`) or a span of an answer (`answer`), with
+    the conversation it came from; a recalled one also has its `score` and `sources`."""
+
+    id: str = ""
+    conversation_id: str = ""
+    role: str = "user"
+    kind: str = "fact"
+    text: str = ""
+    created: float = 0.0
+    message_id: int | None = None
+    persona: str | None = None
+    score: float | None = None
+    similarity: float | None = None
+    sources: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemoryInfo:
+        return cls(**_pick(cls, data))
 
 
 class PersonaChatStream(ChatStream):

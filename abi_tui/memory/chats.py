@@ -1,4 +1,4 @@
-"""Chat history in SQLite (SPEC §5.3): conversations, messages, routing and timings.
+"""Chat history in SQLite: conversations, messages, routing and timings; memory items (BM25).
 
 Durability: the database runs in WAL mode with synchronous=NORMAL, so every committed
 transaction survives the process being killed (not a power cut, which NORMAL trades for speed).
@@ -93,6 +93,38 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX messages_by_conversation ON messages(conversation_id, id)",
         "CREATE INDEX messages_streaming ON messages(status) WHERE status = 'streaming'",
         "CREATE INDEX conversations_by_updated ON conversations(updated DESC)",
+    )),
+    # Memory items (memory/items.py): one row per remembered sentence or span, indexed for BM25
+    # by FTS5 over `terms` (normalised words, memory/lexical.py). A forgotten item keeps its row
+    # as a tombstone (text blanked, out of the index) so a rebuild never brings it back.
+    Migration("memory items with an FTS5 index", (
+        """CREATE TABLE memory_items (
+            rowid INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            conversation_id TEXT NOT NULL,
+            message_id INTEGER,
+            role TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            persona TEXT,
+            text TEXT NOT NULL,
+            terms TEXT NOT NULL,
+            created REAL NOT NULL,
+            forgotten INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX memory_items_by_message ON memory_items(message_id)",
+        "CREATE INDEX memory_items_by_created ON memory_items(created DESC)",
+        """CREATE VIRTUAL TABLE memory_fts USING fts5(
+            terms, content='memory_items', content_rowid='rowid', tokenize='unicode61')""",
+        "CREATE VIRTUAL TABLE memory_vocab USING fts5vocab(memory_fts, 'row')",
+        """CREATE TRIGGER memory_items_ai AFTER INSERT ON memory_items WHEN new.forgotten = 0 BEGIN
+            INSERT INTO memory_fts(rowid, terms) VALUES (new.rowid, new.terms); END""",
+        """CREATE TRIGGER memory_items_forget AFTER UPDATE OF forgotten ON memory_items
+            WHEN old.forgotten = 0 AND new.forgotten = 1 BEGIN
+            INSERT INTO memory_fts(memory_fts, rowid, terms) VALUES ('delete', old.rowid, old.terms);
+            END""",
+        """CREATE TRIGGER memory_items_ad AFTER DELETE ON memory_items WHEN old.forgotten = 0 BEGIN
+            INSERT INTO memory_fts(memory_fts, rowid, terms) VALUES ('delete', old.rowid, old.terms);
+            END""",
     )),
 )
 
@@ -268,6 +300,12 @@ class ChatStore:
                     "WHERE id = ? AND status = 'streaming'", [(now, i) for i in dead])
             return dead
 
+    def run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `work(connection)` under the store's lock (for memory/items.py's statements)."""
+        with self._lock:
+            self._check_open()
+            return work(self._db)
+
     # -- conversations ----------------------------------------------------------------------
 
     def create_conversation(self, title: str | None = None) -> Conversation:
@@ -400,7 +438,7 @@ class ChatStore:
                          error: str | None = None) -> Message:
         """Close a streaming answer with its final text, usage and timings.
 
-        `usage` and `timings` take the shapes of the `abi.end` event (SPEC §2.2):
+        `usage` and `timings` take the shapes of the `abi.end` event:
         {"prompt_tokens", "completion_tokens"} and {"ttft_ms", "total_ms", "tokens_per_s"}.
         finish_reason "stop" or "length" makes the message complete; "cancelled" or "error"
         keeps the partial text, marked with that status.

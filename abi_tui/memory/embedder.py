@@ -5,12 +5,18 @@ of sentences scores 0.6-0.9 cosine similarity, related or not (measured on gemma
 away the mean embedding of a fixed, diverse reference set and renormalising ("all-but-the-top",
 Mu & Viswanath 2018) spreads unrelated pairs around 0 and keeps related ones high, so one
 threshold works. The reference set is embedded once per model.
+
+Even centred, "how similar is unrelated" differs between models, so a similarity is also given as
+a z-score against the similarities of a second set of unrelated sentences (data/background.txt):
+a cut-off tuned on one model then means the same on another.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
+from importlib import resources
 
 RawEmbed = Callable[[list[str]], list[list[float]]]
 
@@ -39,13 +45,27 @@ def _normalise(vector: list[float]) -> list[float]:
     return [v / norm for v in vector]
 
 
+def background_texts() -> list[str]:
+    text = resources.files("abi_tui.memory").joinpath("data", "background.txt").read_text("utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
 class CenteredEmbedder:
     def __init__(self, raw: RawEmbed) -> None:
         self.raw = raw
         reference = raw(list(REFERENCE_TEXTS))
         n = len(reference)
         self.mean = [sum(column) / n for column in zip(*reference)]
+        background = self(background_texts())
+        sims = [sum(a * b for a, b in zip(background[i], background[j]))
+                for i in range(len(background)) for j in range(i + 1, len(background))]
+        self.unrelated_mean = statistics.fmean(sims)
+        self.unrelated_std = statistics.pstdev(sims) or 1.0
 
     def __call__(self, texts: list[str]) -> list[list[float]]:
         mean = self.mean
         return [_normalise([v - m for v, m in zip(vector, mean)]) for vector in self.raw(texts)]
+
+    def z_score(self, similarity: float) -> float:
+        """How many standard deviations above an unrelated pair's similarity."""
+        return (similarity - self.unrelated_mean) / self.unrelated_std

@@ -1,9 +1,10 @@
-"""Vector memory (SPEC §5.4): finished turns in chromadb, retrieved into later prompts.
+"""The vector half of memory: memory items' embeddings in chromadb.
 
 The server owns the store: an embedded `PersistentClient` at $ABI_HOME/vectors, or a Chroma
-server when `vector_store.url` is set. Embeddings always come from a llama.cpp model through
-the `embed` callable (never chromadb's default function, which would download a model at run
-time); one collection per embedding model, because vectors of different models do not mix.
+server when `vector_store.url` is set. Embeddings always come from a llama.cpp model through the
+`embed` callable (never chromadb's default function, which would download a model at run time);
+one collection per embedding model, because vectors of different models do not mix. An item has
+the same id here as in the chat database (memory/items.py), which is the record.
 All methods block (chromadb and llama.cpp calls): the server runs them in worker threads.
 """
 
@@ -13,38 +14,30 @@ import hashlib
 import logging
 import re
 import threading
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from abi_tui.memory.items import MemoryItem
 
 log = logging.getLogger(__name__)
 
 Embed = Callable[[list[str]], list[list[float]]]
 
 
-@dataclass
-class MemoryHit:
-    text: str
-    similarity: float
-    conversation_id: str
-    persona: str | None
-    role: str
-    ts: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "similarity": round(self.similarity, 4), "conversation_id": self.conversation_id,
-                "persona": self.persona, "role": self.role, "ts": self.ts}
+@dataclass(frozen=True)
+class VectorHit:
+    id: str
+    similarity: float  # cosine
 
 
 def collection_name(model: str) -> str:
     """Chroma names: 3-63 characters of [a-zA-Z0-9._-]; the model's name plus a short hash."""
     slug = re.sub(r"[^a-zA-Z0-9_-]+", "-", model).strip("-_")[:40] or "model"
     digest = hashlib.sha1(model.encode()).hexdigest()[:8]
-    return f"turns-{slug}-{digest}"
+    return f"items-{slug}-{digest}"
 
 
 def make_client(url: str | None, path: Path) -> Any:
@@ -60,83 +53,65 @@ def make_client(url: str | None, path: Path) -> Any:
     return chromadb.PersistentClient(path=str(path), settings=quiet)
 
 
+def dot(a: Sequence[float], b: Sequence[float]) -> float:
+    return float(sum(x * y for x, y in zip(a, b)))
+
+
 class VectorMemory:
-    def __init__(self, client: Any, embed: Embed, model: str, threshold: float = 0.35) -> None:
+    def __init__(self, client: Any, embed: Embed, model: str) -> None:
         self.client = client
         self.embed = embed
         self.model = model
-        self.threshold = threshold
         self._lock = threading.Lock()
         self.collection = client.get_or_create_collection(
             collection_name(model), embedding_function=None,
             metadata={"hnsw:space": "cosine", "embedding_model": model},
         )
 
-    def add_turn(self, *, conversation_id: str, persona: str | None, role: str, text: str,
-                 ts: float | None = None, turn_id: str | None = None) -> str:
-        """Store one message. `turn_id` (the chat store's message id) makes it idempotent: the
-        same message written twice, by a retry or a rebuild after a crash, is stored once."""
-        text = text.strip()
-        if not text:
-            return ""
-        turn_id = turn_id or uuid.uuid4().hex
-        [vector] = self.embed([text])
-        metadata = {"conversation_id": conversation_id, "persona": persona or "", "role": role,
-                    "ts": ts if ts is not None else time.time()}
+    def add(self, items: list[MemoryItem], vectors: list[list[float]] | None = None) -> None:
+        """Store items (upsert: the same id twice is stored once)."""
+        if not items:
+            return
+        vectors = vectors if vectors is not None else self.embed([item.text for item in items])
+        metadatas = [{"conversation_id": item.conversation_id, "role": item.role, "kind": item.kind,
+                      "ts": item.created} for item in items]
         with self._lock:
-            self.collection.upsert(ids=[turn_id], embeddings=[vector], documents=[text], metadatas=[metadata])
-        return turn_id
+            self.collection.upsert(ids=[item.id for item in items], embeddings=vectors,
+                                   documents=[item.text for item in items], metadatas=metadatas)
 
-    def missing(self, turn_ids: list[str]) -> set[str]:
+    def missing(self, ids: list[str]) -> set[str]:
         """Which of these ids the store does not hold."""
-        if not turn_ids:
+        if not ids:
             return set()
         with self._lock:
-            found = self.collection.get(ids=turn_ids, include=[])["ids"]
-        return set(turn_ids) - set(found)
+            found = self.collection.get(ids=ids, include=[])["ids"]
+        return set(ids) - set(found)
 
-    def search(self, query: str, *, k: int = 5, threshold: float | None = None,
-               exclude_conversation: str | None = None) -> list[MemoryHit]:
-        """The most similar earlier turns above the threshold (cosine similarity)."""
-        with self._lock:
-            count = self.collection.count()
-        if not query.strip() or count == 0:
-            return []
-        [vector] = self.embed([query])
+    def query(self, vector: list[float], *, k: int = 20,
+              exclude_conversation: str | None = None) -> list[VectorHit]:
+        """The k nearest items, most similar first."""
         where = {"conversation_id": {"$ne": exclude_conversation}} if exclude_conversation else None
         with self._lock:
-            result = self.collection.query(query_embeddings=[vector], n_results=min(k, count), where=where,
-                                           include=["documents", "metadatas", "distances"])
-        limit = self.threshold if threshold is None else threshold
-        hits = []
-        for text, meta, distance in zip(result["documents"][0], result["metadatas"][0], result["distances"][0]):
-            similarity = 1.0 - float(distance)
-            if similarity >= limit:
-                hits.append(MemoryHit(text, similarity, str(meta.get("conversation_id", "")),
-                                      meta.get("persona") or None, str(meta.get("role", "")),
-                                      float(meta.get("ts", 0.0))))
-        return hits
+            count = self.collection.count()
+            if count == 0:
+                return []
+            result = self.collection.query(query_embeddings=[vector], n_results=min(k, count),
+                                           where=where, include=["distances"])
+        return [VectorHit(i, 1.0 - float(d)) for i, d in zip(result["ids"][0], result["distances"][0])]
+
+    def similarities(self, vector: list[float], ids: list[str]) -> dict[str, float]:
+        """Cosine similarity of the query to these stored items (items another retriever found)."""
+        if not ids:
+            return {}
+        with self._lock:
+            result = self.collection.get(ids=ids, include=["embeddings"])
+        return {i: dot(vector, v) for i, v in zip(result["ids"], result["embeddings"])}
+
+    def delete(self, ids: list[str]) -> None:
+        if ids:
+            with self._lock:
+                self.collection.delete(ids=ids)
 
     def count(self) -> int:
         with self._lock:
             return self.collection.count()
-
-
-def message_turn_id(message_id: int) -> str:
-    """The vector-store id of a chat-store message."""
-    return f"msg-{message_id}"
-
-
-def memory_prompt(hits: list[MemoryHit], budget_tokens: int, count_tokens: Callable[[str], int]) -> str | None:
-    """A system message with the retrieved turns, most similar first, within the token budget."""
-    header = "Relevant notes from earlier conversations (use them if they help, ignore them otherwise):\n"
-    used = count_tokens(header)
-    lines = []
-    for hit in hits:
-        line = f"- ({hit.role}) {hit.text}\n"
-        cost = count_tokens(line)
-        if used + cost > budget_tokens:
-            break
-        lines.append(line)
-        used += cost
-    return header + "".join(lines) if lines else None

@@ -106,13 +106,14 @@ def cmd_list(args: argparse.Namespace, settings: Any) -> int:
                       "Download one with: abi model download OWNER/REPO:QUANT")
         return 0
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("NAME", "QUANT", "SIZE", "PARAMS", "CONTEXT", "SOURCE", "LOADED"):
+    for column in ("NAME", "QUANT", "SIZE", "PARAMS", "CONTEXT", "SOURCE", "LOADED", "KIND"):
         table.add_column(column, no_wrap=True, justify="right" if column in ("SIZE", "PARAMS", "CONTEXT") else "left")
     for m in models:
         s = m.summary
         table.add_row(m.id, m.quant or "-", human_bytes(m.size),
                       human_count(s.parameters if s else None), f"{s.context_length}" if s and s.context_length else "-",
-                      m.source, "yes" if m.loaded else "")
+                      m.source, "yes" if m.loaded else "",
+                      "embedding" if s is not None and s.is_embedding_model else "")
     console.print(table)
     return 0
 

@@ -76,6 +76,11 @@ def _value(reader: Any, key: str) -> Any:
     return found.parts[-1][0].item()
 
 
+# llama.cpp's encoder-only architectures: they compute embeddings and cannot chat.
+EMBEDDING_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3",
+                                     "neo-bert", "modern-bert", "t5encoder"})
+
+
 @dataclass
 class GGUFSummary:
     architecture: str | None = None
@@ -97,9 +102,17 @@ class GGUFSummary:
     weights_bytes: int = 0
     tensors: int = 0
     split_count: int = 1
+    pooling_type: int | None = None  # set by embedding models (llama.cpp: 1 mean, 2 cls, 3 last...)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def is_embedding_model(self) -> bool:
+        """An encoder trained for sentence embeddings (nomic-embed, bge, e5...), not a chat
+        model: known by its architecture, or by the pooling type only such models declare."""
+        return (self.architecture in EMBEDDING_ARCHITECTURES
+                or (self.pooling_type is not None and self.pooling_type > 0))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> GGUFSummary | None:
@@ -181,6 +194,8 @@ def _fill_metadata(summary: GGUFSummary, reader: Any) -> None:
     summary.key_length = _value(reader, f"{arch}.attention.key_length")
     summary.value_length = _value(reader, f"{arch}.attention.value_length")
     summary.sliding_window = _value(reader, f"{arch}.attention.sliding_window")
+    pooling = _value(reader, f"{arch}.pooling_type")
+    summary.pooling_type = int(pooling) if isinstance(pooling, int) else None
 
 
 @dataclass

@@ -65,6 +65,7 @@ class CachedModel:
             "params": summary.parameters if summary else None,
             "context_length": summary.context_length if summary else None,
             "architecture": summary.architecture if summary else None,
+            "embedding": bool(summary and summary.is_embedding_model),
             "spec": self.spec, "url": self.url, "revision": self.revision, "sha256": self.sha256,
             "verified": self.verified, "downloaded_at": self.downloaded_at, "loaded": self.loaded,
             "gguf": summary.to_dict() if summary else None,

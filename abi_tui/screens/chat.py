@@ -40,6 +40,7 @@ from abi_tui.widgets.chat_view import (
     persona_look,
 )
 from abi_tui.widgets.link import LinkStatus
+from abi_tui.widgets.memory_list import MemoryList
 
 PERSONA_CHOICES: tuple[tuple[str, str], ...] = (("Auto", "auto"), ("Abi", "abi"), ("Abbey", "abbey"),
                                                 ("Aviva", "aviva"))
@@ -49,6 +50,13 @@ EMPTY_TEXT = ("No messages yet. Start typing and press Enter to send.\n\n"
               "Auto routes each message: Abi for safety and routing questions, Abbey when you are stuck, "
               "stressed or learning, Aviva for technical work. Pick one with ctrl+r or start a message "
               "with @abi, @abbey or @aviva.")
+
+
+# Offered by the first-run hint (ctrl+b), never downloaded unasked: a BERT-style embedding model
+# trained for similarity (84 MB), far better at recall than the chat model's hidden states.
+EMBEDDING_MODEL = "nomic-ai/nomic-embed-text-v1.5-GGUF:Q4_K_M"
+EMBEDDING_HINT = ("Memory recalls what you said in earlier chats. It uses the chat model's own embeddings; "
+                  f"ctrl+b downloads a dedicated embedding model ({EMBEDDING_MODEL}, 84 MB) for better recall.")
 
 
 def export_name(title: str, conversation_id: str) -> str:
@@ -114,6 +122,8 @@ class ChatPane(Pane):
         Binding("ctrl+s", "export", "Export", id="chat-export"),
         Binding("f2", "rename", "Rename", id="chat-rename", show=False),
         Binding("f8,delete", "delete", "Delete chat", id="chat-delete", show=False),
+        Binding("ctrl+o", "forget_memory", "Forget memory", id="chat-forget-memory", show=False),
+        Binding("ctrl+b", "get_embedding_model", "Embedding model", id="chat-embed-model", show=False),
     ]
     COMMANDS = (
         ("Chat: new conversation", "Start an empty conversation", "new_conversation"),
@@ -127,6 +137,10 @@ class ChatPane(Pane):
         ("Chat: persona Abbey", "Send the next messages to Abbey, the empathetic polymath", "set_persona('abbey')"),
         ("Chat: persona Aviva", "Send the next messages to Aviva, the direct expert", "set_persona('aviva')"),
         ("Chat: reload conversations", "List the saved conversations again", "refresh"),
+        ("Chat: forget a memory", "Forget the highlighted (or only) memory recalled for the last answer",
+         "forget_memory"),
+        ("Chat: download the embedding model", f"Download {EMBEDDING_MODEL} for better memory recall",
+         "get_embedding_model"),
     )
 
     DEFAULT_CSS = """
@@ -221,6 +235,7 @@ class ChatPane(Pane):
         if up and not self._was_up:
             self.load_personas()
             self.refresh_conversations()
+            self.offer_embedding_model()
         self._was_up = up
 
     def pane_shown(self) -> None:
@@ -568,6 +583,7 @@ class ChatPane(Pane):
                         answer.start(event.data.get("persona"), event.data.get("routing"), event.data.get("model"))
                     elif event.type == "context":
                         self.conversation_started(str(event.data.get("conversation_id") or ""))
+                        await self.show_memories(answer, event.data.get("memory") or [])
                     elif event.type == "end":
                         status, end = "done", event.data
                     elif event.type == "error":
@@ -592,6 +608,81 @@ class ChatPane(Pane):
         if conversation_id and conversation_id != self.conversation_id:
             self.conversation_id = conversation_id
             self.refresh_conversations()
+
+    # -- memory -----------------------------------------------------------------------------------
+    async def show_memories(self, answer: AnswerMessage, memories: list[dict[str, Any]]) -> None:
+        """The memories recalled for this answer, just above it."""
+        if memories and answer.parent is not None:
+            await answer.parent.mount(MemoryList(self.fmt, memories), before=answer)
+
+    def action_forget_memory(self) -> None:
+        lists = list(self.query(MemoryList).results(MemoryList))
+        focused = self.app.focused
+        target = focused if isinstance(focused, MemoryList) else (lists[-1] if lists else None)
+        item_id = target.highlighted_id() if target is not None else None
+        if target is None or item_id is None:
+            self.notify("no memory to forget: the last answer recalled none (or pick one in its list)",
+                        severity="warning")
+            return
+        self.forget_memory(target, item_id)
+
+    @on(MemoryList.Forget)
+    def memory_forget_asked(self, event: MemoryList.Forget) -> None:
+        self.forget_memory(event.memories, event.item_id)
+
+    @on(MemoryList.Open)
+    def memory_source_asked(self, event: MemoryList.Open) -> None:
+        self.open_conversation(event.conversation_id)
+
+    @work(group="chat-memory")
+    async def forget_memory(self, memories: MemoryList, item_id: str) -> None:
+        if self.client is None:
+            return
+        try:
+            await self.client.forget_memory(item_id)
+        except ClientError as exc:
+            if exc.status != 404:  # 404: already forgotten, which is what was asked
+                self.notify(exc.message, title="Cannot forget the memory", severity="error")
+                return
+        memories.mark_forgotten(item_id)
+        self.notify("forgotten: it will not be recalled again", timeout=3)
+
+    @work(exclusive=True, group="chat-memory-hint")
+    async def offer_embedding_model(self) -> None:
+        """First run (no conversations yet, no dedicated embedding model): say what ctrl+b does."""
+        if self.client is None:
+            return
+        try:
+            status = await self.client.memory_status()
+        except ClientError:
+            return
+        with suppress(NoMatches):
+            log = self.query_one(ChatLog)
+            if not status.get("dedicated") and log.query(".chat-empty") and not log.query(".chat-memory-hint"):
+                await log.mount(Static(EMBEDDING_HINT, classes="chat-empty chat-memory-hint"))
+
+    def action_get_embedding_model(self) -> None:
+        self.pull_embedding_model()
+
+    @work(exclusive=True, group="chat-embedding-pull")
+    async def pull_embedding_model(self) -> None:
+        """Only on ctrl+b: download it through the server, then say how to use it."""
+        if self.client is None:
+            return
+        self.notify(f"downloading {EMBEDDING_MODEL}…", timeout=3)
+        last = None
+        try:
+            async for progress in self.client.pull(EMBEDDING_MODEL):
+                last = progress
+        except ClientError as exc:
+            self.notify(exc.message, title="Cannot download the embedding model", severity="error")
+            return
+        if last is None or last.state != "done":
+            self.notify(last.error or last.message or "the download did not finish" if last else "no progress",
+                        title="Embedding model", severity="error")
+            return
+        self.notify(f"set vector_store.embedding_model = \"{last.name}\" in config.toml and restart; "
+                    "then `abi memory reembed` moves memory to it", title="Embedding model downloaded", timeout=20)
 
     # -- routing preview --------------------------------------------------------------------------
     @on(TextArea.Changed, "#chat-input")

@@ -23,6 +23,7 @@ from abi_tui.widgets.format import human_bytes, human_count, human_ctx
 from abi_tui.widgets.link import LinkStatus
 
 COLUMNS = ("Name", "Quant", "Size", "Params", "Ctx", "Source", "Loaded")
+EMBEDDING_MARK = "(embedding)"  # after the name of a model that computes embeddings, not chat
 # Events that change what is loaded, so the table's Loaded column must be redrawn.
 LOADED_EVENTS = ("model.ready", "model.unloaded", "model.removed", "pool.changed", "reload.done", "reload.failed")
 
@@ -155,7 +156,8 @@ class ModelsPane(Pane):
         rows = []
         for model in models:
             loaded = "● active" if model.name == active else ("loaded" if model.loaded else "")
-            rows.append((model.name, model.quant or "-", human_bytes(model.size), human_count(model.params),
+            name = f"{model.name} {EMBEDDING_MARK}" if model.embedding else model.name
+            rows.append((name, model.quant or "-", human_bytes(model.size), human_count(model.params),
                          human_ctx(model.context_length), model.source, loaded))
         # Widths from the data, set with the columns: DataTable's own auto width can lag behind
         # a clear() and refill done in one go, and cut names short.
@@ -163,9 +165,9 @@ class ModelsPane(Pane):
         table.clear(columns=True)
         for label, width in zip(COLUMNS, widths, strict=True):
             table.add_column(label, width=width, key=label)
-        for row in rows:
+        for model, row in zip(models, rows, strict=True):
             *cells, loaded = row
-            table.add_row(*cells, Content.styled(loaded, "bold $success") if loaded else "", key=row[0])
+            table.add_row(*cells, Content.styled(loaded, "bold $success") if loaded else "", key=model.name)
         if not models:
             self.show_info(None)
             return
@@ -240,7 +242,8 @@ class ModelsPane(Pane):
             f"[b]{model.name}[/b]",
             row("file", self.fmt_path(model.path)),
             row("source", model.source + (f" · {model.spec}" if model.spec and model.spec not in (model.name, model.source) else "")),
-            row("architecture", model.architecture or g.get("architecture") or "-"),
+            row("architecture", (model.architecture or g.get("architecture") or "-")
+                + (" · embedding model (vector_store.embedding_model)" if model.embedding else "")),
             row("parameters", human_count(model.params)),
             row("quant", model.quant or g.get("quantization") or "-"),
             row("context", f"{human_ctx(model.context_length)} trained"),

@@ -31,6 +31,7 @@ ROUTE_MODULES = (
     "abi_tui.server.routes_admin",
     "abi_tui.server.routes_telemetry",
     "abi_tui.server.routes_personas",
+    "abi_tui.server.routes_memory",
     "abi_tui.server.routes_models",
 )
 

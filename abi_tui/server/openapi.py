@@ -110,6 +110,10 @@ def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": STRING}
 
 
+def _query_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
 # 422: a model named by path that is not a usable GGUF; 5xx: backend and remote failures.
 GENERATION_ERRORS = (400, 401, 404, 413, 415, 422, 429, 500, 502, 503, 504)
 
@@ -194,6 +198,19 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/api/v1/conversations/{conversation_id}/export": {
         "get": _op("A conversation as Markdown", errors=(401, 404), params=[_path_param("conversation_id")],
                    ok_content={"text/markdown": {"schema": STRING}})},
+    "/api/v1/memory": {"get": _op("Remembered items, newest first", errors=(400, 401, 503), params=[
+        _query_param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+        _query_param("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}),
+        _query_param("conversation_id", STRING), _query_param("contains", STRING)])},
+    "/api/v1/memory/search": {"get": _op("Recall: the items a message would bring into the prompt",
+                                         errors=(400, 401, 503), params=[
+        {**_query_param("q", NON_BLANK), "required": True},
+        _query_param("k", {"type": "integer", "minimum": 1, "maximum": 50}),
+        _query_param("mode", {"type": "string", "enum": ["fused", "bm25", "vectors"]})])},
+    "/api/v1/memory/{item_id}": {"delete": _op("Forget one remembered item", errors=(401, 404, 503),
+                                               params=[_path_param("item_id")])},
+    "/api/v1/memory/reembed": {"post": _op("Embed every item the current embedding model lacks (SSE progress)",
+                                           errors=(401, 503), ok_content=SSE, body_required=False)},
     "/admin/reload": {"post": _op("Hot model swap with drain and rollback", errors=(400, 401, 404, 409, 413, 415, 422, 500),
                                   body={"type": "object", "required": ["model"], "properties": {
                                       "model": NON_BLANK,

@@ -7,9 +7,10 @@ with a chat template gets the persona's system prompt; a base model gets a trans
 continue (`personas/transcript.py`). Each persona's prompt prefix is prefilled once per model
 when it becomes active and reused by every conversation (`LlamaBackend.pin_prefix`).
 
-The server owns the chat store and the vector store. Memory opens in the background when a
-model becomes active (chromadb takes a second to import) and needs an embedding model: the
-configured one, else the active local model; without either, turns are still persisted in SQLite.
+The server owns the chat store and memory (docs/MEMORY.md). Memory opens at start-up, in the
+background (chromadb takes a second to import). Its BM25 half lives in the chat database and
+always works; its vector half needs an embedding model: the configured one, else the active
+local model.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from abi_tui.personas.transcript import STOPS, transcript_prefix, transcript_pro
 
 log = logging.getLogger(__name__)
 
-MEMORY_SHARE = 4  # retrieved turns take at most a quarter of the context (SPEC §5.4)
+MEMORY_SHARE = 4  # recalled items take at most a quarter of the context
 HISTORY_SHARE = 2  # earlier turns of the conversation take at most half
 TEMPLATE_MARGIN = 64  # tokens the chat template adds around the system prompt and the new message
 
@@ -65,83 +66,158 @@ class PersonaService:
         self.router = PersonaRouter()
         self.metrics = PersonaMetrics()
         self.chats: ChatStore | None = None
-        self.memory: Any = None  # VectorMemory once an embedding model is there
+        self.memory: Any = None  # HybridMemory once the chat store is open
         self.memory_backend: Any = None
         self._client: Any = None
         self.memory_state = "off"
         self.memory_error: str | None = None
         self._memory_lock = asyncio.Lock()
         self._warmed: weakref.WeakSet[Any] = weakref.WeakSet()  # backends whose persona prefixes are pinned
-        self._tasks: set[asyncio.Task] = set()
+        self._opening: asyncio.Task | None = None
+        self._filling: asyncio.Task | None = None
         engine.stream_listeners.append(self._on_stream_end)
         engine.active_listeners.append(self._on_active_model)
 
     # -------------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         self.chats = await asyncio.to_thread(ChatStore, self.settings.chats_db)
+        self._opening = asyncio.get_running_loop().create_task(self.open_memory_at_start())
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        if self._opening is not None:
+            self._opening.cancel()
+            await asyncio.gather(self._opening, return_exceptions=True)
+            self._opening = None
+        if self._filling is not None:
+            self.memory.closing.set()
+            await asyncio.gather(self._filling, return_exceptions=True)  # a thread: let it end
+            self._filling = None
+        self.memory = None
         if self.chats is not None:
             await asyncio.to_thread(self.chats.close)
             self.chats = None
 
-    async def ensure_memory(self) -> Any:
-        """The vector store for the current embedding model (one collection per model), opened
-        once one is available; a model swap moves memory to the new model's collection."""
+    async def ensure_memory(self, *, load: bool = True) -> Any:
+        """Memory (memory/recall.py): the BM25 items in the chat database at once, the vectors of
+        the current embedding model (one collection per model) once one is available; a model
+        swap moves the vectors to the new model's collection. `load=False` binds only a model
+        that is already resident (start-up must not load one)."""
         async with self._memory_lock:
-            try:
-                backend = await self.engine.embedding_backend(None)
-            except AbiError as exc:
-                self.memory, self.memory_state, self.memory_error = None, "no_embedding_model", exc.message
+            if self.chats is None:
                 return None
-            if self.memory is not None and self.memory_backend is backend:
+            if self.memory is None:
+                from abi_tui.memory.items import MemoryItems
+                from abi_tui.memory.recall import HybridMemory
+
+                self.memory = HybridMemory(MemoryItems(self.chats))
+                self.memory_state = "lexical"
+            try:
+                if load:
+                    backend = await self.engine.embedding_backend(None)
+                else:
+                    backend = self._resident_embedding_backend()
+            except AbiError as exc:
+                self.memory.vectors, self.memory_backend = None, None
+                self.memory_state, self.memory_error = "no_embedding_model", exc.message
+                return self.memory
+            if backend is None or (self.memory.vectors is not None and self.memory_backend is backend):
                 return self.memory
             self.memory_state = "opening"
             try:
-                self.memory = await asyncio.to_thread(self._open_memory, backend)
+                self.memory.vectors = await asyncio.to_thread(self._open_memory, backend)
                 self.memory_backend = backend
                 self.memory_state, self.memory_error = "ready", None
-            except Exception as exc:  # a broken store must not break chat
+            except Exception as exc:  # a broken vector store must not break chat: BM25 goes on
                 log.exception("vector memory unavailable")
-                self.memory, self.memory_state, self.memory_error = None, "error", str(exc)
-                return None
+                self.memory.vectors, self.memory_backend = None, None
+                self.memory_state, self.memory_error = "error", str(exc)
+                return self.memory
+            if await asyncio.to_thread(self._new_collection):
+                # A new embedding model: its collection is filled from the items remembered so
+                # far, in the background (BM25 finds them meanwhile).
+                self._filling = asyncio.get_running_loop().create_task(
+                    asyncio.to_thread(self.memory.sync_vectors))
             try:
                 restored = await asyncio.to_thread(self._restore_missing, self.memory)
                 if restored:
-                    log.info("vector memory: stored %d messages of finished turns a crash had cut off", restored)
+                    log.info("memory: stored %d items of finished turns a crash had cut off", restored)
             except Exception:  # best effort, like every memory write
-                log.exception("could not restore finished turns into vector memory")
+                log.exception("could not restore finished turns into memory")
             return self.memory
+
+    def _new_collection(self) -> bool:
+        return self.memory.vectors.count() == 0 and self.memory.items.count() > 0
+
+    def _resident_embedding_backend(self) -> Any:
+        name = self.settings.vector_store.embedding_model
+        if name:
+            resident = self.engine.pool.get_resident(name)
+            return resident if hasattr(resident, "embed") else None
+        backend = self.engine.active_backend()
+        return backend if hasattr(backend, "embed") else None
+
+    async def open_memory_at_start(self, wait_s: float = 120.0) -> None:
+        """Open the vector store now rather than on the first message (chromadb's import and the
+        embedder's reference set cost seconds), and bind the model once it is loaded."""
+        try:
+            await asyncio.to_thread(self._chroma_client)
+        except Exception as exc:
+            log.warning("vector store unavailable: %s", exc)
+            self.memory_state, self.memory_error = "error", str(exc)
+        deadline = time.monotonic() + wait_s
+        while self.chats is not None and time.monotonic() < deadline:
+            memory = await self.ensure_memory(load=False)
+            if memory is None or memory.vectors is not None:
+                return
+            await asyncio.sleep(0.5)
+
+    def _chroma_client(self) -> Any:
+        from abi_tui.memory.vectors import make_client
+
+        if self._client is None:
+            self._client = make_client(self.settings.vector_store.url, self.settings.vectors_dir)
+        return self._client
 
     def _open_memory(self, backend: Any) -> Any:
         from abi_tui.memory.embedder import CenteredEmbedder
-        from abi_tui.memory.vectors import VectorMemory, make_client
+        from abi_tui.memory.vectors import VectorMemory
 
-        store = self.settings.vector_store
         embed = CenteredEmbedder(lambda texts: backend.embed(texts)[0])
-        if self._client is None:
-            self._client = make_client(store.url, self.settings.vectors_dir)
-        return VectorMemory(self._client, embed, backend.model_id, threshold=store.threshold)
+        vectors = VectorMemory(self._chroma_client(), embed, backend.model_id)
+        self.memory.use_lexicon(self._lexicon(backend))
+        return vectors
+
+    @staticmethod
+    def _lexicon(backend: Any) -> Any:
+        """Word vectors from the model's token embedding table (memory/wordvectors.py), when the
+        model is a local GGUF; recall works without them, less well on paraphrases."""
+        from abi_tui.memory.wordvectors import Lexicon, TokenVectors
+
+        try:
+            tokens = TokenVectors(backend.path, lambda text: backend.tokenize(text, add_bos=False, special=False),
+                                  getattr(backend, "header", None))
+        except Exception as exc:  # no path, no table, a quantisation gguf cannot read
+            log.info("memory without word vectors for %s: %s", getattr(backend, "model_id", "?"), exc)
+            return None
+        return Lexicon(tokens)
 
     def _restore_missing(self, memory: Any, limit: int = 50) -> int:
-        """The chat store is the record: finished turns whose vector write a crash (SIGKILL)
-        cut off are stored now, under the same ids, so nothing is lost or doubled."""
-        from abi_tui.memory.vectors import message_turn_id
-
+        """The chat history is the record: finished turns whose memory write a crash (SIGKILL)
+        cut off are stored now, under the same ids, so nothing is lost or doubled. A forgotten
+        item keeps a tombstone, so it is not brought back."""
         if self.chats is None:
             return 0
         turns = self.chats.finished_turns(limit)
-        ids = [message_turn_id(m.id) for pair in turns for m in pair]
-        missing = memory.missing(ids)
+        done = memory.items.messages_stored([m.id for pair in turns for m in pair])
+        restored = 0
         for user, answer in reversed(turns):  # oldest first
             for message in (user, answer):
-                if message_turn_id(message.id) in missing:
-                    memory.add_turn(conversation_id=message.conversation_id, persona=answer.persona, role=message.role,
-                                    text=message.content, ts=message.updated,
-                                    turn_id=message_turn_id(message.id))
-        return len(missing)
+                if message.id not in done:
+                    restored += len(memory.remember(
+                        conversation_id=message.conversation_id, role=message.role,
+                        text=message.content, message_id=message.id, persona=answer.persona,
+                        created=message.updated))
+        return restored
 
     # -------------------------------------------------------------------------------- routing
     def decide(self, content: str, *, previous: str | None = None, forced: str | None = None
@@ -223,15 +299,11 @@ class PersonaService:
                 log.info("no pinned prefix for %s on %s: %s", persona.id, backend.model_id, exc.message)
 
     def _on_active_model(self, name: str | None) -> None:
-        """A new active model: warm its persona prefixes and open memory now, not on the first message."""
-        if name is None:
-            return
-        backend = self.engine.active_backend()
+        """A new active model: warm its persona prefixes now, not on the first message (memory
+        opens at start-up and binds to the model on the next turn)."""
+        backend = self.engine.active_backend() if name is not None else None
         if backend is not None:
             self.warm(backend)
-        task = asyncio.get_running_loop().create_task(self.ensure_memory())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -------------------------------------------------------------------------------- chat turns
     async def open_turn(self, body: dict[str, Any], forced: str | None, generation: GenerationRequest) -> PersonaChat:
@@ -247,15 +319,15 @@ class PersonaService:
             history = [{"role": m.role, "content": m.content} for m in earlier if m.content and m.role in ("user", "assistant")]
             previous = next((m.persona for m in reversed(earlier) if m.role == "assistant" and m.persona), None)
         decision, cleaned = self.decide(content, previous=previous, forced=forced)
-        memory = await self.ensure_memory()  # already opening since the model became active
+        memory = await self.ensure_memory()
         hits = []
         note = None
         backend = self.engine.active_backend()  # its tokenizer sizes the prompt (None: the mock)
         if memory is not None:
+            from abi_tui.memory.recall import memory_prompt
+
             hits = await asyncio.to_thread(memory.search, cleaned, exclude_conversation=conversation_id)
             budget = getattr(backend, "n_ctx_seq", 4096) // MEMORY_SHARE
-            from abi_tui.memory.vectors import memory_prompt
-
             note = memory_prompt(hits, budget, self._token_counter(backend))
         earlier = trim_history(history, self._history_budget(backend, decision, note, cleaned, generation),
                                self._token_counter(backend))
@@ -303,17 +375,15 @@ class PersonaService:
             asyncio.get_running_loop().create_task(self._remember(turn, text))
 
     async def _remember(self, turn: PersonaChat, text: str) -> None:
-        from abi_tui.memory.vectors import message_turn_id
-
         memory = self.memory
         try:
             for role, content, message_id in (("user", turn.user_text, turn.user_message_id),
                                               ("assistant", text, turn.assistant_message_id)):
-                await asyncio.to_thread(memory.add_turn, conversation_id=turn.conversation_id,
-                                        persona=turn.decision.persona, role=role, text=content, ts=time.time(),
-                                        turn_id=message_turn_id(message_id) if message_id is not None else None)
+                await asyncio.to_thread(memory.remember, conversation_id=turn.conversation_id, role=role,
+                                        text=content, message_id=message_id, persona=turn.decision.persona,
+                                        created=time.time())
         except Exception:  # memory is best effort; the chat is already saved
-            log.exception("could not store the turn in vector memory")
+            log.exception("could not store the turn in memory")
 
     # -------------------------------------------------------------------------------- helpers
     def _store(self) -> ChatStore:

@@ -64,8 +64,8 @@ def test_migrations_from_an_empty_file(db: Path):
     with raw(db) as conn:
         versions = [tuple(r)[:2] for r in conn.execute("SELECT version, name FROM schema_version")]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert versions == [(1, MIGRATIONS[0].name)]
-    assert {"conversations", "messages", "schema_version"} <= tables
+    assert versions == [(i, m.name) for i, m in enumerate(MIGRATIONS, start=1)]
+    assert {"conversations", "messages", "schema_version", "memory_items", "memory_fts"} <= tables
 
 
 def test_reopening_applies_only_new_migrations_in_order(db: Path):

@@ -87,10 +87,7 @@ async def test_memory_recalls_a_fact_across_conversations_and_restarts(app_serve
     async with aiohttp.ClientSession(server.url) as session:
         await chat(session, fact, persona="abbey")
         service = server.state.services["personas"]
-        deadline = time.monotonic() + 30
-        while (service.memory is None or service.memory.count() < 2) and time.monotonic() < deadline:
-            await _sleep(0.1)
-        assert service.memory.count() == 2
+        await _remembered(service, "Biscuit")
         recalled = await chat(session, "What is my dog called?", persona="abbey")
         memory = recalled[1][1]["memory"]
         assert any("Biscuit" in hit["text"] for hit in memory), memory
@@ -107,6 +104,19 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+async def _remembered(service, needle: str) -> None:
+    """Wait (bounded) until the fact is in both halves of memory: the items and the vectors."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        memory = service.memory
+        if memory is not None and memory.vectors is not None:
+            items, _ = memory.items.list(contains=needle)
+            if items and not memory.vectors.missing([i.id for i in items]):
+                return
+        await _sleep(0.1)
+    raise AssertionError(f"{needle!r} was not remembered within 30 s ({service.memory_state})")
 
 
 @pytest.mark.real_model
@@ -131,15 +141,12 @@ async def test_chroma_server_mode(app_server, gemma_model, tmp_path, monkeypatch
         async with aiohttp.ClientSession(server.url) as session:
             await chat(session, "The launch code word for the project is Pelican.", persona="aviva")
             service = server.state.services["personas"]
-            deadline = time.monotonic() + 30
-            while (service.memory is None or service.memory.count() < 2) and time.monotonic() < deadline:
-                await _sleep(0.1)
-            assert service.memory.count() == 2
+            await _remembered(service, "Pelican")
         import chromadb
 
         remote = chromadb.HttpClient(host="127.0.0.1", port=port)
         names = [c.name for c in remote.list_collections()]
-        assert any(name.startswith("turns-") for name in names)
+        assert any(name.startswith("items-") for name in names)
         assert not (server.state.settings.vectors_dir / "chroma.sqlite3").exists()
     finally:
         process.send_signal(signal.SIGINT)

@@ -1,0 +1,124 @@
+"""/api/v1/memory and recall in persona chat, on the mock model (no embedding model: BM25 alone).
+The same with real embeddings: tests/server/test_personas_api.py (real_model)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import pytest
+
+from abi_tui.server.sse import parse_sse
+
+JSON = {"Content-Type": "application/json"}
+MOCK = "mock/constant_rate?min_ms=1&max_ms=1"
+
+
+async def chat(session, content, **extra):
+    # One token of played-back prompt ("My"): an answer with nothing in it to remember.
+    body = {"content": content, "max_tokens": 1, "model": MOCK, "persona": "abbey", **extra}
+    async with session.post("/api/v1/chat/abbey", headers=JSON, data=json.dumps(body)) as response:
+        assert response.status == 200, await response.text()
+        events = [(e["event"], json.loads(e["data"])) for e in parse_sse(await response.text()) if "event" in e]
+    return dict(events)["abi.context"]
+
+
+async def remembered(session, needle: str, present: bool = True) -> list[dict]:
+    deadline = time.monotonic() + 10  # the turn is remembered after the answer, in the background
+    while True:
+        async with session.get("/api/v1/memory") as r:
+            assert r.status == 200
+            items = (await r.json())["items"]
+        if any(needle in i["text"] for i in items) == present or time.monotonic() > deadline:
+            return items
+        await asyncio.sleep(0.05)
+
+
+async def test_a_fact_from_one_chat_is_recalled_in_another_and_forgotten(app_server):
+    server = await app_server()
+    async with aiohttp.ClientSession(server.url) as session:
+        first = await chat(session, "My sister Clara lives in Lisbon. Can you suggest a gift for her?")
+        items = await remembered(session, "Lisbon")
+        [fact] = [i for i in items if i["role"] == "user"]
+        assert fact["text"] == "My sister Clara lives in Lisbon."
+        assert fact["conversation_id"] == first["conversation_id"] and fact["kind"] == "fact"
+
+        other = await chat(session, "Where does my sister live?")
+        assert other["conversation_id"] != first["conversation_id"]
+        assert [m["id"] for m in other["memory"]] == [fact["id"]]
+        assert other["memory"][0]["sources"] == ["bm25"]
+        unrelated = await chat(session, "Tell me about the French revolution in one sentence.")
+        assert unrelated["memory"] == []
+        # The conversation a fact came from does not recall it into itself.
+        same = await chat(session, "Where does my sister live?", conversation_id=first["conversation_id"])
+        assert same["memory"] == []
+
+        async with session.get("/api/v1/memory/search", params={"q": "Where does my sister live?"}) as r:
+            found = await r.json()
+        assert [h["id"] for h in found["hits"]] == [fact["id"]] and found["state"] == "no_embedding_model"
+        async with session.get("/api/v1/memory", params={"contains": "Clara"}) as r:
+            assert (await r.json())["total"] == 1
+
+        async with session.delete(f"/api/v1/memory/{fact['id']}") as r:
+            assert r.status == 200 and (await r.json()) == {"deleted": fact["id"]}
+        async with session.delete(f"/api/v1/memory/{fact['id']}") as r:
+            assert r.status == 404 and (await r.json())["error"]["code"] == "memory_item_not_found"
+        after = await chat(session, "Where does my sister live?")
+        assert after["memory"] == []
+        assert not any("Lisbon" in i["text"] for i in await remembered(session, "Lisbon", present=False))
+
+        async with session.get("/api/v1/memory/search", params={"q": " "}) as r:
+            assert r.status == 400 and (await r.json())["error"]["param"] == "q"
+        async with session.get("/api/v1/memory", params={"limit": "0"}) as r:
+            assert r.status == 400 and (await r.json())["error"]["param"] == "limit"
+        async with session.post("/api/v1/memory/reembed") as r:
+            assert r.status == 503  # no model computes embeddings here
+
+
+async def test_memory_opens_at_start_up(app_server):
+    server = await app_server()
+    service = server.state.services["personas"]
+    deadline = time.monotonic() + 30
+    while service._client is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert service._client is not None and service.memory is not None
+
+
+@pytest.mark.real_model
+async def test_reembed_fills_the_embedding_models_collection_with_progress(app_server, gemma_model):
+    from abi_tui.client import AbiClient
+
+    server = await app_server(model=str(gemma_model), n_ctx=1024)
+    service = server.state.services["personas"]
+    async with aiohttp.ClientSession(server.url) as session:
+        body = {"content": "My horse is called Thunder. I keep bees on my allotment.", "max_tokens": 2}
+        async with session.post("/api/v1/chat/abbey", headers=JSON, data=json.dumps(body)) as r:
+            assert r.status == 200
+            await r.read()
+    items = await remembered_items(service, 2)
+    memory = service.memory
+    memory.vectors.delete([i.id for i in items])  # as a new model's empty collection would be
+    assert memory.vectors.missing([i.id for i in items]) == {i.id for i in items}
+    async with AbiClient(server.url) as client:
+        events = [event async for event in client.reembed_memory()]
+        assert events[-1]["added"] >= 2 and events[-1]["model"] == memory.model
+        assert any("total" in e for e in events)
+        assert not memory.vectors.missing([i.id for i in items])
+        hits = await client.recall("What is the name of my horse?")
+        assert hits and hits[0].text == "My horse is called Thunder."
+
+
+async def remembered_items(service, count: int, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        memory = service.memory
+        if memory is not None and memory.vectors is not None:
+            items, _ = memory.items.list(contains="")
+            facts = [i for i in items if i.role == "user"]
+            if len(facts) >= count and not memory.vectors.missing([i.id for i in facts]):
+                return facts
+        await asyncio.sleep(0.1)
+    items, _ = service.memory.items.list()
+    raise AssertionError(f"{count} facts were not remembered within {timeout} s ({service.memory_state}): {items}")
