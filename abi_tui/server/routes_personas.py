@@ -3,6 +3,7 @@ decision alone, and the conversations the Chat pane lists."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -66,7 +67,9 @@ async def persona_chat(request: web.Request) -> web.StreamResponse:
         try:
             response = await pump_sse(request, turn.stream, encoder)
         finally:
-            await service.finish_turn(turn, "".join(encoder.text))
+            # Shielded: a client that closes the connection as soon as it has read the end
+            # cancels this handler, and the turn must still be saved and remembered.
+            await asyncio.shield(service.finish_turn(turn, "".join(encoder.text)))
         return response
     pieces: list[str] = []
     try:
@@ -77,7 +80,7 @@ async def persona_chat(request: web.Request) -> web.StreamResponse:
     finally:
         if not turn.stream.channel.closed:
             turn.stream.cancel()
-        await service.finish_turn(turn, "".join(pieces))
+        await asyncio.shield(service.finish_turn(turn, "".join(pieces)))
     if turn.stream.error is not None:
         raise turn.stream.error
     return web.json_response({"conversation_id": turn.conversation_id, "message_id": turn.assistant_message_id,
