@@ -283,7 +283,7 @@ async def test_follows_the_answer_only_near_the_bottom(chat_app):
     async with chat_app.run_test(size=SIZE) as pilot:
         await chat_ready(pilot, model="mock/constant_rate?min_ms=8&max_ms=8", max_tokens=600)
         log = pane_of(chat_app).query_one(ChatLog)
-        answer = await send(pilot, "a few words that repeat for a while", wait=False)
+        answer = await send(pilot, "write me a long poem about autumn leaves", wait=False)
         await wait_for(pilot, lambda: log.max_scroll_y > 3 and log.scroll_y == log.max_scroll_y, what="following")
         log.scroll_home(animate=False)  # the user scrolls up to read
         grown = log.max_scroll_y + 3
