@@ -21,7 +21,7 @@ SOFTMAX_T = 0.25  # the scores' temperature when they are turned into a distribu
 
 _VOCATIVE_RE = re.compile(r"^\s*(abi|abbey|aviva)\s*[,:!\-]", re.I)
 
-_DISTRESS_NOUNS = {
+DISTRESS_NOUNS = {
     "frustrated": "frustration",
     "confused": "confusion",
     "stressed": "stress",
@@ -113,7 +113,7 @@ def lexicon_tally(sig: Signals, content: str, previous: str | None = None) -> Ta
     # Abbey: distress, confusion, learning, people.
     label, distress = sig.distress
     if label is not None and distress >= 0.4:
-        text = f"{_DISTRESS_NOUNS[label]} ({_quote(ev.get(label))})"
+        text = f"{DISTRESS_NOUNS[label]} ({_quote(ev.get(label))})"
         t.add("abbey", 0.35 + 0.25 * distress, label, text)
         t.add("aviva", -0.1, label, text)
     frustration = sig.emotions.get("frustrated", 0.0)

@@ -39,7 +39,7 @@ from abi_tui.personas.classifier import (
     concept_hits,
     default_model,
 )
-from abi_tui.personas.lexicon_scores import Tally, distribution, lexicon_tally
+from abi_tui.personas.lexicon_scores import DISTRESS_NOUNS, Tally, distribution, lexicon_tally
 from abi_tui.personas.signals import Signals, analyze
 
 log = logging.getLogger(__name__)
@@ -61,15 +61,6 @@ _OVERRIDE_RE = re.compile(r"^\s*@(abi|abbey|aviva)(?![\w-])[\s,:;.!?\-]*", re.I)
 _WHAT = {
     "abi": "a question about the assistant's routing, personas or safety",
     "aviva": "a technical task or question",
-}
-_DISTRESS_NOUNS = {
-    "frustrated": "frustration",
-    "confused": "confusion",
-    "stressed": "stress",
-    "anxious": "anxiety",
-    "sad": "sadness",
-    "disappointed": "disappointment",
-    "overwhelmed": "feeling overwhelmed",
 }
 _ABBEY_WHAT = {
     "distressed": "distress",
@@ -317,8 +308,8 @@ def _what(persona: str, sig: Signals) -> str:
     """What kind of message it is, in the words the signals allow."""
     if persona == "abbey":
         label, _ = sig.distress
-        if sig.tone in ("distressed", "confused") and label in _DISTRESS_NOUNS:
-            return _DISTRESS_NOUNS[label]
+        if sig.tone in ("distressed", "confused") and label in DISTRESS_NOUNS:
+            return DISTRESS_NOUNS[label]
         return _ABBEY_WHAT[sig.tone]
     if persona == "aviva":
         if "code_request" in sig.intents:

@@ -15,13 +15,13 @@ Checked for every request before the token and before the body is read:
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from abi_tui.config import Settings
 from abi_tui.errors import AbiError
+from abi_tui.server.main import is_loopback
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -42,16 +42,6 @@ class Forbidden(AbiError):
 class UnsupportedMediaType(AbiError):
     status = 415
     code = "unsupported_media_type"
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:

@@ -27,6 +27,8 @@ class BindError(AbiError):
 
 
 def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (bracketed or not) and localhost."""
+    host = host.strip("[]").lower()
     if host == "localhost":
         return True
     try:
