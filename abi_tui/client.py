@@ -1,4 +1,4 @@
-"""The async client of the abi server API: the dashboard's only way in (DESIGN.md).
+"""The async client of the abi server API: the dashboard's only way in (docs/ARCHITECTURE.md).
 
 Everything the UI shows comes through here, over HTTP, SSE (`/api/events`, `/api/stream`,
 model pulls) and the WebSocket stream, so `abi dash --connect` to a remote server works exactly
@@ -133,7 +133,7 @@ class ModelEntry:
 
 @dataclass
 class DownloadProgress:
-    """One progress event of a model pull (SPEC §3)."""
+    """One progress event of a model pull."""
 
     state: str = "queued"
     downloaded: int = 0
@@ -218,7 +218,7 @@ class ServerEvent:
 
 @dataclass
 class StreamEvent:
-    """A chat stream message: start, token, end, error or cancelled (SPEC §2.2/§2.3)."""
+    """A chat stream message: start, token, end, error or cancelled."""
 
     type: str
     request_id: str | None = None
@@ -416,7 +416,7 @@ class AbiClient:
 
     # -- models -----------------------------------------------------------------------------
     async def models(self) -> list[ModelEntry]:
-        """Cached models (SPEC §3), the loaded ones marked."""
+        """Cached models, the loaded ones marked."""
         body = await self.request("GET", "/api/models", timeout_s=30.0)
         items = body.get("data", body.get("models")) if isinstance(body, dict) else body
         return [ModelEntry.from_dict(item) for item in items or [] if isinstance(item, dict)]
@@ -524,7 +524,7 @@ class AbiClient:
 
     async def reload(self, model: str, *, drain_timeout_s: float = 30.0, force: bool = False,
                      n_ctx: int | None = None, n_gpu_layers: int | None = None) -> ReloadResult:
-        """Hot swap (SPEC §2.4). Progress arrives as reload.* events on `events()`."""
+        """Hot swap. Progress arrives as reload.* events on `events()`."""
         payload: dict[str, Any] = {"model": model, "drain_timeout_s": drain_timeout_s, "force": force}
         if n_ctx is not None:
             payload["n_ctx"] = n_ctx
@@ -606,7 +606,7 @@ class AbiClient:
         `async with client.stream(body) as s: async for event in s: ...`; `await s.cancel()`."""
         return ChatStream(self, body, transport)
 
-    # -- persona chat and conversations (SPEC §5) -------------------------------------------
+    # -- persona chat and conversations -------------------------------------------
     def chat(self, content: str, *, persona: str | None = None, conversation_id: str | None = None,
              **options: Any) -> PersonaChatStream:
         """One persona turn over `POST /api/v1/chat[/{persona}]` (SSE): `persona` None or "auto"
@@ -808,7 +808,7 @@ class ChatStream:
 # --------------------------------------------------------------------------------- persona chat
 @dataclass
 class RouteDecision:
-    """The router's choice for one message (SPEC §5.2); `content` is the message without an
+    """The router's choice for one message; `content` is the message without an
     `@persona` prefix."""
 
     persona: str = "abbey"

@@ -3,7 +3,7 @@
     python benchmarks/router_speed.py [--rounds 200]
 
 Prints per-message mean, p50, p99 and max in milliseconds for PersonaRouter.route() (target:
-under 5 ms, SPEC §5.2) and for two baselines, twice: wall-clock time, and the thread's CPU time
+under 5 ms) and for two baselines, twice: wall-clock time, and the thread's CPU time
 (which leaves out time the OS gave to other processes, so a busy machine does not inflate the
 tail). The load average is printed with them.
 - "lower+split": just `str.lower().split()`, the floor any word-based router pays;

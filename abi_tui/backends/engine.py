@@ -338,7 +338,7 @@ class InferenceEngine:
 
     async def embedding_backend(self, model_id: str | None) -> Any:
         """The model that computes embeddings: the one named, the configured embedding model,
-        else the active model (SPEC §5.4). Never a download."""
+        else the active model. Never a download."""
         requested = (model_id or "").strip()
         spec = requested or self.settings.vector_store.embedding_model
         if spec and spec.startswith("mock/"):

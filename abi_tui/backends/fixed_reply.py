@@ -2,7 +2,7 @@
 
 Abi's refusal of a policy violation goes through the same streams, events, persistence and
 usage accounting as any answer (so every client shows it the same way), without the request's
-text reaching any model.
+text reaching any model. Its usage is zero tokens both ways: no model read or wrote any.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class FixedReply:
             channel.close("cancelled")
             return
         for piece in self.pieces:
-            channel.put(piece)
+            channel.put(piece, count=False)  # no model generated these: usage and TTFT stay empty
         channel.close("stop")
 
     def describe(self) -> dict[str, Any]:

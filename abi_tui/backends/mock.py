@@ -1,4 +1,4 @@
-"""`mock/<pattern>[?min_ms=1&max_ms=10&seed=42]`: a token generator with known timing (SPEC §4.1).
+"""`mock/<pattern>[?min_ms=1&max_ms=10&seed=42]`: a token generator with known timing.
 
 It exists to measure the serving pipeline: delays are asynchronous sleeps on absolute deadlines
 (so timer slack does not accumulate), prompts are counted by whitespace, and the text it streams

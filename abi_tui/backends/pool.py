@@ -1,4 +1,4 @@
-"""The model pool (SPEC §4.2): resident local models within a memory budget, LRU eviction.
+"""The model pool: resident local models within a memory budget, LRU eviction.
 
 Sizes come from llama.cpp (the buffers it reports at load time); before a load, the pool makes
 room using the file size plus a KV estimate, then records what llama.cpp actually allocated.

@@ -1,4 +1,4 @@
-"""Hot model swap (SPEC §2.4): validate, hold new generations, drain, swap, roll back on failure.
+"""Hot model swap: validate, hold new generations, drain, swap, roll back on failure.
 
 The previous model stays resident while the pool's budget allows, so a failed load rolls back
 without reloading, and swapping back is instant; the pool evicts it when room is needed.

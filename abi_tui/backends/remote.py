@@ -1,4 +1,4 @@
-"""Remote inference backends (SPEC §4.1): what OpenAI-compatible, Ollama and Anthropic share.
+"""Remote inference backends: what OpenAI-compatible, Ollama and Anthropic share.
 
 A remote request always streams from its provider, whatever our client asked for, so the
 timeouts mean the same thing everywhere: connect 10 s, first token 60 s, between tokens 30 s
@@ -204,7 +204,8 @@ def stream_error(name: str, message: str, error_type: str | None, code: str | No
 # ----------------------------------------------------------------------------------- policy
 @dataclass(frozen=True)
 class RemotePolicy:
-    """Timeouts, retries and breaker settings of one endpoint; defaults are SPEC §4.1's."""
+    """Timeouts, retries and breaker settings of one endpoint; connect 10 s, first token 60 s,
+    between tokens 30 s, retries only before the first token, a breaker per endpoint."""
 
     connect_timeout_s: float = 10.0
     first_token_timeout_s: float = 60.0
@@ -375,7 +376,7 @@ def endpoint_from_table(name: str, table: Any, env: dict[str, str], capacity: in
     if not isinstance(list_models, bool):
         raise ValueError(f"{where}.list_models: expected true or false, got {list_models!r}")
 
-    if name in KINDS:  # a built-in provider, tuned by the table; its environment wins (SPEC §1)
+    if name in KINDS:  # a built-in provider, tuned by the table; its environment wins
         if table.get("kind", name) != name:
             raise ValueError(f"{where}.kind: the built-in {name} endpoint is of kind {name!r}")
         url, key_env = {

@@ -1,4 +1,4 @@
-"""Admission: which requests generate now, which wait, which are refused (FIFO, SPEC §4.2).
+"""Admission: which requests generate now, which wait, which are refused (FIFO).
 
 Every request belongs to a lane (the model it addresses). A lane runs up to its capacity at once,
 the whole server up to `max_streams`; the rest wait in one FIFO queue of at most `max_queue`.

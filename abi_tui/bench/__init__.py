@@ -1,4 +1,4 @@
-"""The streaming benchmark (SPEC §7): load generator, statistics, reports, mock patterns.
+"""The streaming benchmark: load generator, statistics, reports, mock patterns.
 
 Programmatic API (the dashboard's Bench pane and scripts use it; no Textual here):
 

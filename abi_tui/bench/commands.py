@@ -1,4 +1,4 @@
-"""`abi bench streaming`: the streaming benchmark (SPEC §7) on the command line."""
+"""`abi bench streaming`: the streaming benchmark on the command line."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def _slo(text: str) -> dict[str, float]:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("bench", help="streaming benchmark",
-                                 description="Benchmarks of a server's streaming (SPEC §7).")
+                                 description="Benchmarks of a server's streaming.")
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", parser_class=type(parser))
     streaming = kinds.add_parser(
         "streaming", help="streaming latency and throughput (TTFT, ITL, TPOT, E2E, goodput, ...)",
@@ -65,7 +65,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     streaming.add_argument("--url", help="server to measure (default: start an abi server for the run)")
     streaming.add_argument("--model", metavar="ID",
                            help="model id: mock/<pattern>[?min_ms=&max_ms=&seed=], a local model, a remote id")
-    streaming.add_argument("--preset", choices=tuple(PRESETS), help="token counts, runs, patterns and delays of SPEC §7")
+    streaming.add_argument("--preset", choices=tuple(PRESETS), help="token counts, runs, patterns and delays (docs/BENCH.md)")
     streaming.add_argument("--pattern", metavar="P", help=f"mock pattern: {', '.join(PATTERN_ALIASES)}")
     load = streaming.add_mutually_exclusive_group()
     load.add_argument("--concurrency", type=_positive_int, metavar="N", help="closed loop: N requests in flight")

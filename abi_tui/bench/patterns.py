@@ -1,4 +1,4 @@
-"""Per-token delay patterns of the mock backend (SPEC §7).
+"""Per-token delay patterns of the mock backend.
 
 `p` is the fraction of the answer generated so far (0 at the first token).
 """

@@ -1,4 +1,4 @@
-"""Benchmark presets (SPEC §7): tokens per run, warm-up runs, measured runs, patterns, delays.
+"""Benchmark presets: tokens per run, warm-up runs, measured runs, patterns, delays.
 
 A preset expands into one scenario per mock pattern. `runs` and `warmup` count requests per
 scenario; request k asks for `token_counts[k % len(token_counts)]` tokens, so every size is

@@ -179,7 +179,7 @@ async def _probe(session: aiohttp.ClientSession, url: str, token: str | None) ->
         raise BenchError(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
     except ValueError:
         body = {}
-    # abi's /health names its active streams and version (SPEC §2); other servers do not.
+    # abi's /health names its active streams and version; other servers do not.
     if isinstance(body, dict) and "active_streams" in body and "version" in body:
         return "abi", body
     return "openai-compatible", body if isinstance(body, dict) else {}

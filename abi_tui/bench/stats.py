@@ -1,4 +1,4 @@
-"""Metric definitions and statistics (SPEC §7), the same for every transport and server.
+"""Metric definitions and statistics, the same for every transport and server.
 
 Percentiles interpolate linearly between the closest ranks (numpy's default, as in
 `vllm bench serve`). Failed requests count as errors and stay out of every latency figure.
@@ -206,7 +206,7 @@ def pipeline_overhead(records: Sequence[RequestRecord], mock: MockDelays) -> dic
 
 def summarize(records: Sequence[RequestRecord], *, mock: MockDelays | None = None,
               slo: dict[str, float] | None = None) -> dict[str, Any]:
-    """Every SPEC §7 figure of one phase, as a JSON-ready dict (see docs/BENCH.md)."""
+    """Every figure of one phase, as a JSON-ready dict (see docs/BENCH.md)."""
     ok = [r for r in records if r.ok]
     failed = [r for r in records if not r.ok]
     metrics = [request_metrics(r) for r in ok]

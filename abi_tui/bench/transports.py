@@ -25,7 +25,7 @@ from abi_tui.bench.records import RequestRecord, RequestSpec, ServerTimings, now
 
 ROUTES = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "abi": "/api/stream"}
 WS_PATH = "/api/stream/ws"
-# The server's limit of requests in flight on one WebSocket connection (SPEC §2.3).
+# The server's limit of requests in flight on one WebSocket connection.
 WS_PER_CONNECTION = 4
 
 

@@ -1,4 +1,4 @@
-"""The model cache (SPEC §3): specs, hub access, downloads, the cache and other tools' stores.
+"""The model cache: specs, hub access, downloads, the cache and other tools' stores.
 
 The names below are the package's public API (imported lazily, so `abi --help` stays fast):
 

@@ -1,4 +1,4 @@
-"""The model cache (SPEC §3): layout, sidecars, listing, lookup by name, removal, verification.
+"""The model cache: layout, sidecars, listing, lookup by name, removal, verification.
 
     $ABI_HOME/models/<owner>/<repo>/<file>.gguf        a hub file (split shards side by side)
     $ABI_HOME/models/<owner>/<repo>/<file>.gguf.json   its sidecar: source spec, url, repo,

@@ -1,4 +1,4 @@
-"""`abi model list|info|download|remove|search|path|verify`: model cache management (SPEC §3)."""
+"""`abi model list|info|download|remove|search|path|verify`: model cache management."""
 
 from __future__ import annotations
 

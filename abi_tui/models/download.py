@@ -1,4 +1,4 @@
-"""The download engine (SPEC §3): one file, resumable, several connections, SHA-256 while writing.
+"""The download engine: one file, resumable, several connections, SHA-256 while writing.
 
 Why our own transfer code rather than huggingface_hub's `hf_hub_download`: that function uses one
 connection per file, has no stall detection, no pause/resume/cancel handle and no progress events

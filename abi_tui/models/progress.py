@@ -1,4 +1,4 @@
-"""Download progress events (SPEC §3): state, bytes, rate over a 10 s window, ETA."""
+"""Download progress events: state, bytes, rate over a 10 s window, ETA."""
 
 from __future__ import annotations
 

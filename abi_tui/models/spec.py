@@ -1,4 +1,4 @@
-"""Model specs (SPEC §3): every way a user names a model.
+"""Model specs: every way a user names a model.
 
     owner/repo:QUANT            a quant of a hub repo (split files fetched together)
     owner/repo                  the repo's only GGUF, or its Q4_K_M

@@ -1,4 +1,4 @@
-"""The persona catalogue: Abi, Abbey and Aviva (SPEC §5.1).
+"""The persona catalogue: Abi, Abbey and Aviva.
 
 Each persona is one data file in `prompts/`: TOML front matter between `+++` lines (name, role,
 sampling, badge colour, exemplar messages for embedding similarity, the transcript a base model
@@ -19,7 +19,7 @@ from abi_tui.errors import InvalidRequest
 PERSONA_IDS: tuple[str, ...] = ("abi", "abbey", "aviva")
 DEFAULT_PERSONA = "abbey"
 DISPLAY_NAMES = {"abi": "Abi", "abbey": "Abbey", "aviva": "Aviva"}
-# Model ids that mean "pick a persona" rather than a model (SPEC §4.1).
+# Model ids that mean "pick a persona" rather than a model.
 AUTO = "auto"
 
 

@@ -1,4 +1,4 @@
-"""Bench pane (SPEC §7, §8): the streaming benchmark from the dashboard.
+"""Bench pane: the streaming benchmark from the dashboard.
 
 A run form (target, preset or one mock pattern or a model, load, requests/duration, max tokens,
 transport, SLO), live charts while a run goes (ITL over time, TTFT histogram, aggregate tok/s),

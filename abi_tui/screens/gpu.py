@@ -1,4 +1,4 @@
-"""GPU pane (SPEC §6, §8): a card per GPU, history charts of utilization, memory, temperature
+"""GPU pane: a card per GPU, history charts of utilization, memory, temperature
 and power, the process table (the server's own process labelled with its models), the model
 pool over time (bytes by model and kind, loads and evictions marked) and host CPU/RAM.
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 Sample = dict[str, Any]
 
-HISTORY = 300  # the server keeps 300 samples (SPEC §6); so does the pane
+HISTORY = 300  # the server keeps 300 samples; so does the pane
 RANGES_S = (60, 300)  # chart spans the range key cycles through
 GPU_COLORS = ("primary", "warning", "success", "accent", "secondary", "error")
 MODEL_COLORS = ("primary", "accent", "success", "warning", "secondary")

@@ -1,4 +1,4 @@
-"""Models pane (SPEC §8): cached models, GGUF details and memory estimate, hub search and
+"""Models pane: cached models, GGUF details and memory estimate, hub search and
 downloads with progress (pause, resume, cancel), remove with confirmation, load."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Server pane (SPEC §8): address, auth mode, model, pool, active and queued streams,
+"""Server pane: address, auth mode, model, pool, active and queued streams,
 counters, request log and event log.
 
 The server has no route for its request log, so the log here is built from /metrics: each

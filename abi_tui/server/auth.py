@@ -1,4 +1,4 @@
-"""Bearer-token auth (SPEC §2): constant-time comparison; `/health` open; `/admin/*` needs the
+"""Bearer-token auth: constant-time comparison; `/health` open; `/admin/*` needs the
 admin token; WebSockets may also send the token as `?token=` or subprotocol `bearer.<token>`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §2.5), one registry per server so tests can run several."""
+"""Prometheus metrics, one registry per server so tests can run several."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Model cache routes (SPEC §3): the cached models, downloads with streamed progress (as Ollama's
-pull streams them, here as SSE), removal; and what the dashboard needs beyond SPEC §2's table,
+"""Model cache routes: the cached models, downloads with streamed progress (as Ollama's
+pull streams them, here as SSE), removal; and what the dashboard needs beyond the core API,
 since it reaches the server only through its API: one model's info, hub search, and the download
 queue's controls (pause, resume, cancel).
 """
@@ -192,7 +192,7 @@ async def control(request: web.Request) -> web.Response:
 
 
 def _document() -> None:
-    """The download-queue routes are this module's addition to SPEC §2's table: describe them in
+    """The download-queue routes are this module's addition to the core API: describe them in
     /openapi.json next to the rest."""
     from abi_tui.server import openapi
 

@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes (SPEC §2.1): models, chat completions, completions, embeddings.
+"""OpenAI-compatible routes: models, chat completions, completions, embeddings.
 
 Streaming chunks share a prefix and suffix built once per stream: per token only the text is
 JSON-encoded.

@@ -1,4 +1,4 @@
-"""Persona routes (SPEC §2, §5): chat auto-routed or forced, the catalogue, metrics, the routing
+"""Persona routes: chat auto-routed or forced, the catalogue, metrics, the routing
 decision alone, and the conversations the Chat pane lists."""
 
 from __future__ import annotations

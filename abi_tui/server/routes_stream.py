@@ -1,5 +1,5 @@
-"""The ABI streaming protocols: SSE on `POST /api/stream` (SPEC §2.2) and WebSocket on
-`GET /api/stream/ws` (SPEC §2.3), both over the same engine streams."""
+"""The ABI streaming protocols: SSE on `POST /api/stream` and WebSocket on
+`GET /api/stream/ws`, both over the same engine streams."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GPU, host and model-pool telemetry (SPEC §6): `/api/telemetry`, and samples on /api/events."""
+"""GPU, host and model-pool telemetry: `/api/telemetry`, and samples on /api/events."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ def attach_services(state: ServerState) -> None:
     settings = state.settings
 
     def remember_model(spec: str) -> None:
-        # The last used model loads lazily on the next start (SPEC §1).
+        # The last used model loads lazily on the next start.
         if settings.models.last_used != spec:
             try:
                 save_setting(settings, "models.last_used", spec)
@@ -23,7 +23,7 @@ def attach_services(state: ServerState) -> None:
 
     state.services["remember_model"] = remember_model
 
-    # Remote backends (SPEC §4.1): openai/, ollama/, anthropic/ and configured endpoints.
+    # Remote backends: openai/, ollama/, anthropic/ and configured endpoints.
     from abi_tui.backends.remote import register_remote_backends
 
     remote = register_remote_backends(state.engine, settings)

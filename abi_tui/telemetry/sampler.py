@@ -1,4 +1,4 @@
-"""Telemetry sampling in a daemon worker thread (SPEC §6).
+"""Telemetry sampling in a daemon worker thread.
 
 NVML and psutil are blocking C calls, so they run in their own thread, never on the event loop.
 Each tick produces one plain JSON-serialisable dict (schema in `TelemetrySampler.sample_once`),
@@ -38,7 +38,7 @@ class _TelemetrySettings(Protocol):
 
 
 def clamp_interval(interval_s: float) -> float:
-    """The sampling period within 0.25-10 s (SPEC §6); NaN or a non-number gives the 1 s default."""
+    """The sampling period within 0.25-10 s; NaN or a non-number gives the 1 s default."""
     try:
         value = float(interval_s)
     except (TypeError, ValueError):

@@ -270,7 +270,8 @@ class AnswerMessage(Vertical):
         self.status, self.finish_reason, self.error = status, finish_reason, error
         self.ttft_ms = timings.get("ttft_ms", self.ttft_ms)
         self.tokens_per_s = timings.get("tokens_per_s", self.tokens_per_s)
-        self.tokens = int(usage.get("completion_tokens") or self.tokens)
+        counted = usage.get("completion_tokens")  # the server's count (0 for a refusal: no model ran)
+        self.tokens = int(counted) if isinstance(counted, int) else self.tokens
         self.restyle()
 
     def on_click(self, event: Click) -> None:

@@ -1,4 +1,4 @@
-"""Timeouts, the circuit breaker and cancellation of remote backends (SPEC §4.1), through the
+"""Timeouts, the circuit breaker and cancellation of remote backends, through the
 server, against fake providers that stall or stream slowly. Timeouts are shortened through
 `[endpoints.NAME]` keys; the defaults are checked in test_remote_units."""
 

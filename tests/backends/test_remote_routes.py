@@ -1,5 +1,5 @@
 """Remote backends through every streaming route of the server, against fake providers that
-speak each provider's wire format (SPEC §4.1): the official openai client (streaming and not,
+speak each provider's wire format: the official openai client (streaming and not,
 chat and legacy completions), the ABI SSE stream and the WebSocket."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Spec parsing and quant matching: every form of SPEC §3, no network."""
+"""Spec parsing and quant matching: every spec form the README lists, no network."""
 
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ async def test_every_route_but_health_refuses_missing_and_wrong_tokens(app_serve
         for method, path in table:
             for name, headers, query in header_tricks(TOKEN if not path.startswith("/admin/") else ADMIN):
                 if path in BROWSER_ROUTES and name in ("query token on http", "bearer subprotocol on http"):
-                    continue  # the documented forms for browsers on these two routes (SPEC §2)
+                    continue  # the documented forms for browsers on these two routes
                 url = f"{path}?{query}" if query else path
                 async with session.request(method, url, headers={**JSON, **headers}, data=b"{}") as response:
                     tried += 1

@@ -1,4 +1,4 @@
-"""The ABI streaming protocols: SSE on /api/stream (SPEC §2.2) and WebSocket (SPEC §2.3)."""
+"""The ABI streaming protocols: SSE on /api/stream and WebSocket."""
 
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ import pytest
 
 from abi_tui.personas import get_persona
 from abi_tui.personas.transcript import transcript_prefix
-from abi_tui.server.sse import parse_sse
 
 pytestmark = pytest.mark.real_model
 
@@ -86,4 +85,4 @@ def test_without_a_model_persona_chat_says_how_to_load_one(serve):
     with pytest.raises(urllib.error.HTTPError) as failure:
         urllib.request.urlopen(request, timeout=30)
     assert failure.value.code == 503
-    assert not parse_sse("")
+    assert json.loads(failure.value.read())["error"]["code"] == "no_model_loaded"

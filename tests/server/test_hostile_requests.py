@@ -1,5 +1,5 @@
 """Malformed and hostile requests: each gets its status and an OpenAI error object, and the
-server keeps serving (SPEC §2, limits and bad input)."""
+server keeps serving (limits and bad input)."""
 
 from __future__ import annotations
 

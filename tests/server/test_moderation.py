@@ -84,6 +84,7 @@ async def test_refusals_on_the_openai_and_stream_routes_with_persona_ids(app_ser
         text = reply.choices[0].message.content
         assert text == refusal_text("fraud_forgery") and "zebrafish" not in text
         assert reply.model == "abi/moderation"
+        assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (0, 0)  # no model ran
         chunks = [c async for c in await client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "@aviva " + message}], stream=True)]
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -1,4 +1,4 @@
-"""The official `openai` client, unchanged, against `abi dash --serve` (SPEC §2.1)."""
+"""The official `openai` client, unchanged, against `abi dash --serve`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Personas through the API (SPEC §2, §5): routing, persona chat with persistence, memory."""
+"""Personas through the API: routing, persona chat with persistence, memory."""
 
 from __future__ import annotations
 

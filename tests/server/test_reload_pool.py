@@ -1,4 +1,4 @@
-"""Hot reload (SPEC §2.4), the model pool (SPEC §4.2), events and metrics (SPEC §2.5)."""
+"""Hot reload, the model pool, events and metrics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GPU pane (SPEC §8, issue 7): against a real server whose NVML is the fake one
+"""GPU pane (issue 7): against a real server whose NVML is the fake one
 (tests/telemetry/fake_pynvml.py) or the real module (no GPU on the test machine), and against
 `abi dash --serve` in another process (`abi dash --connect`, issue 9).
 
