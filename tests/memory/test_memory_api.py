@@ -81,7 +81,8 @@ async def test_memory_opens_at_start_up(app_server):
     server = await app_server()
     service = server.state.services["personas"]
     deadline = time.monotonic() + 30
-    while service._client is None and time.monotonic() < deadline:
+    # The store's client opens first (chromadb's import), then memory over it: wait for both.
+    while (service._client is None or service.memory is None) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert service._client is not None and service.memory is not None
 
