@@ -7,9 +7,12 @@ test is held out) it prints overall persona accuracy, per-persona precision and 
 recall (a violation routed to Abi, or to Abbey flagged `self_harm`), accuracy on questions about
 the assistant (meta), false positives on benign hard negatives, rule-id accuracy on the policy
 rows the router flagged, the confusion matrix and the list of errors. Then routing latency over
-every test message, `--rounds` times each: p50/p99 of `PersonaRouter.route_message()` next to
+every test message, `--rounds` times each: p50/p99 of `PersonaRouter.route_message()` given the
+message's sentence embedding (computed once per message and shared with memory's search, so it
+is timed on its own: "sentence embedding", and the two together: "embedding + routing"), next to
 `str.lower().split()` measured in the same run (the floor any word-based router pays), as wall
-time and as the thread's CPU time (which a busy machine does not inflate).
+time and as the thread's CPU time (which a busy machine does not inflate; the encoder runs on
+one thread, so its CPU time is its cost). `--words-only` evaluates without the sentence encoder.
 
 Targets on test: accuracy >= 95%, policy recall >= 99%, meta >= 95%, p99 < 5 ms, and benign
 messages flagged as violations <= 2% of the non-policy messages (each is a refusal a user sees).
@@ -28,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from abi_tui.backends.sentence_encoder import shared_encoder  # noqa: E402
 from abi_tui.personas.router import PersonaRouter  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / "abi_tui" / "personas" / "data" / "corpus.jsonl"
@@ -95,14 +99,28 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 def latency(router: PersonaRouter, messages: list[str], rounds: int) -> dict[str, Any]:
+    encoder = shared_encoder() if router.embed is not None else None
+    embedded = {m: encoder.encode(m) for m in messages} if encoder else {}
+    given = PersonaRouter(embed=embedded.get if encoder else None, model=router.model)
+
     def route(text: str) -> object:
-        return router.route_message(text)
+        return given.route_message(text)
+
+    def embedding(text: str) -> object:
+        return encoder._embed_tokens(encoder._tokens(text))  # uncached: the real cost
+
+    def both(text: str) -> object:
+        embedding(text)
+        return given.route_message(text)
 
     def baseline(text: str) -> object:
         return text.lower().split()
 
+    timed = [("router", route), ("lower+split", baseline)]
+    if encoder:
+        timed[1:1] = [("sentence embedding", embedding), ("embedding + routing", both)]
     out: dict[str, Any] = {}
-    for name, fn in (("router", route), ("lower+split", baseline)):
+    for name, fn in timed:
         for message in messages:  # warm-up: caches, first-call imports
             fn(message)
         for clock_name, clock in (("wall", time.perf_counter_ns),
@@ -155,8 +173,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--split", default="dev,test")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--words-only", action="store_true",
+                        help="route without the sentence encoder (as when it is not installed)")
     args = parser.parse_args()
-    router = PersonaRouter()
+    encoder = None if args.words_only else shared_encoder()
+    print("classifier input: " + ("words and meaning (sentence encoder)" if encoder else
+                                  "words only"))
+    router = PersonaRouter(embed=encoder.encode if encoder else None)
     report: dict[str, Any] = {}
     for split in args.split.split(","):
         report[split] = evaluate(router, load(split))
@@ -168,10 +191,14 @@ def main() -> int:
     print(f"\n== routing latency, {len(messages)} test messages x {args.rounds} "
           f"(load average {os.getloadavg()[0]:.1f}) ==")
     for clock in ("wall", "cpu"):
-        r, b = lat[f"router_{clock}"], lat[f"lower+split_{clock}"]
-        print(f"  {clock:4}: router p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
-              f"max {r['max']:.2f} ms | lower+split p50 {b['p50']:.4f} ms  "
-              f"p99 {b['p99']:.4f} ms | p99 ratio {r['p99'] / max(b['p99'], 1e-9):.0f}x")
+        b = lat[f"lower+split_{clock}"]
+        for name in ("router", "sentence embedding", "embedding + routing"):
+            if f"{name}_{clock}" not in lat:
+                continue
+            r = lat[f"{name}_{clock}"]
+            print(f"  {clock:4}: {name:20} p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+                  f"max {r['max']:.2f} ms | p99 vs lower+split {r['p99'] / max(b['p99'], 1e-9):.0f}x")
+        print(f"  {clock:4}: lower+split          p50 {b['p50']:.4f} ms  p99 {b['p99']:.4f} ms")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
     return 0

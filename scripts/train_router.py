@@ -5,10 +5,14 @@
 
 Two multinomial logistic regressions share the features (full-batch Adam on the softmax
 cross-entropy with an L2 penalty, classes weighted by inverse frequency): the route head (abbey,
-aviva, meta, policy) and the rule head (which policy rule, fitted on violations only). Settings
+aviva, meta, policy) and the rule head (which policy rule, fitted on violations only). A second
+route head, the semantic one, also reads each message's sentence embedding from the packaged
+encoder and its nearness to the training messages of each route (a message is never its own
+neighbour); the router uses it whenever the encoder is installed. Settings
 are chosen on the corpus's `dev` rows with heads fitted on its `train` rows: the L2 strength and
 the policy threshold (the route head's `policy` probability at or above which a message is a
-violation), minimising dev errors with a missed violation counted `MISS_COST` times; the dev
+violation) and, for the semantic head, the weight of the nearness features, minimising dev errors
+with a missed violation counted `MISS_COST` times. The dev
 decisions are the router's, with the lexicon's scores blended in and its policy flag counted. The shipped
 heads are then refitted on train and dev together with those settings. The `test` rows are
 never read here.
@@ -31,6 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from abi_tui.backends import sentence_encoder  # noqa: E402
+from abi_tui.models import sentence_model  # noqa: E402
 from abi_tui.personas import classifier  # noqa: E402
 from abi_tui.personas.classifier import (  # noqa: E402
     DIM,
@@ -38,6 +44,9 @@ from abi_tui.personas.classifier import (  # noqa: E402
     ROUTES,
     Head,
     RouterModel,
+    Semantic,
+    dense_features,
+    knn_features,
 )
 from abi_tui.personas.lexicon_scores import distribution, lexicon_tally  # noqa: E402
 from abi_tui.personas.router import LEXICON_WEIGHT, policy_rules  # noqa: E402
@@ -45,7 +54,9 @@ from abi_tui.personas.signals import analyze  # noqa: E402
 
 CORPUS = ROOT / "abi_tui" / "personas" / "data" / "corpus.jsonl"
 L2_GRID = (1e-5, 1e-4)
+KNN_WEIGHTS = (2.5, 5.0)
 STEPS = 150
+SEMANTIC_STEPS = 300  # the dense part converges more slowly than the sparse one
 LEARNING_RATE = 0.01
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.10, 0.61, 0.05))
 MISS_COST = 3  # a violation answered as if it were fine is worse than a needless refusal
@@ -55,9 +66,27 @@ POLICY = ROUTES.index("policy")
 def input_digest() -> str:
     """What the model is a function of: the corpus, the concepts and the code."""
     h = hashlib.sha256()
-    for path in (CORPUS, classifier.CONCEPTS_PATH, Path(classifier.__file__), Path(__file__)):
+    for path in (CORPUS, classifier.CONCEPTS_PATH, Path(classifier.__file__), Path(__file__),
+                 Path(sentence_encoder.__file__)):
         h.update(path.read_bytes().replace(b"\r\n", b"\n"))
+    h.update(encoder_version().encode())
     return h.hexdigest()
+
+
+def encoder_version() -> str:
+    from importlib import metadata
+
+    try:
+        return f"{sentence_model.DISTRIBUTION}=={metadata.version(sentence_model.DISTRIBUTION)}"
+    except metadata.PackageNotFoundError:
+        return "no encoder"
+
+
+def embed(rows: list[dict]) -> np.ndarray:
+    encoder = sentence_encoder.shared_encoder()
+    if encoder is None:
+        raise SystemExit(f"the sentence encoder is not installed: {sentence_model.INSTALL_HINT}")
+    return encoder.encode_many([row["text"] for row in rows])
 
 
 def load_corpus() -> list[dict]:
@@ -106,7 +135,9 @@ def rule_matrix(rows: list[dict]) -> tuple[Sparse, np.ndarray]:
     return Sparse(rows), np.array([POLICY_RULES.index(row["policy"]) for row in rows])
 
 
-def fit(x: Sparse, y: np.ndarray, labels: tuple[str, ...], l2: float) -> Head:
+def fit(x: Sparse, y: np.ndarray, labels: tuple[str, ...], l2: float,
+        dense: np.ndarray | None = None) -> Head | tuple[Head, np.ndarray]:
+    """The head; with `dense` (one row of dense features per message), also their weights."""
     n, k = len(y), len(labels)
     onehot = np.zeros((n, k), dtype=np.float32)
     onehot[np.arange(n), y] = 1.0
@@ -114,29 +145,34 @@ def fit(x: Sparse, y: np.ndarray, labels: tuple[str, ...], l2: float) -> Head:
     sample_weight = (n / (k * np.maximum(counts, 1.0)))[y][:, None] / n
     w = np.zeros((DIM, k), dtype=np.float32)
     b = np.zeros(k, dtype=np.float32)
-    m_w, v_w = np.zeros_like(w), np.zeros_like(w)
-    m_b, v_b = np.zeros_like(b), np.zeros_like(b)
+    d = np.zeros((0 if dense is None else dense.shape[1], k), dtype=np.float32)
+    moments = [(np.zeros_like(p), np.zeros_like(p)) for p in (w, b, d)]
     beta1, beta2, eps = 0.9, 0.999, 1e-8
-    for step in range(1, STEPS + 1):
+    for step in range(1, (STEPS if dense is None else SEMANTIC_STEPS) + 1):
         logits = x.dot(w) + b
+        if dense is not None:
+            logits += dense @ d
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(axis=1, keepdims=True)
         g = (p - onehot) * sample_weight
-        grad_w = x.tdot(g) + l2 * w
-        grad_b = g.sum(axis=0)
-        for param, grad, m, v in ((w, grad_w, m_w, v_w), (b, grad_b, m_b, v_b)):
+        grads = [x.tdot(g) + l2 * w, g.sum(axis=0),
+                 (dense.T @ g + l2 * d) if dense is not None else d]
+        for param, grad, (m, v) in zip((w, b, d), grads, moments, strict=True):
             m *= beta1
             m += (1 - beta1) * grad
             v *= beta2
             v += (1 - beta2) * grad * grad
             param -= LEARNING_RATE * (m / (1 - beta1 ** step)) / (
                 np.sqrt(v / (1 - beta2 ** step)) + eps)
-    return Head(labels, w, b)
+    return Head(labels, w, b) if dense is None else (Head(labels, w, b), d)
 
 
-def probabilities(head: Head, x: Sparse) -> np.ndarray:
+def probabilities(head: Head, x: Sparse, dense: np.ndarray | None = None,
+                  dense_weights: np.ndarray | None = None) -> np.ndarray:
     logits = x.dot(head.weights) + head.bias
+    if dense is not None:
+        logits += dense @ dense_weights
     logits -= logits.max(axis=1, keepdims=True)
     p = np.exp(logits)
     return p / p.sum(axis=1, keepdims=True)
@@ -184,7 +220,7 @@ def train(verbose: bool = True) -> RouterModel:
     x_train, y_train = route_matrix(train_rows)
     x_dev, y_dev = route_matrix(dev_rows)
     lex_dev = Lexicon(dev_rows)
-    best: tuple[int, float, float, float, float] | None = None
+    best: tuple | None = None
     for l2 in L2_GRID:
         p_dev = probabilities(fit(x_train, y_train, ROUTES, l2), x_dev)
         for threshold in THRESHOLDS:
@@ -199,13 +235,51 @@ def train(verbose: bool = True) -> RouterModel:
     if verbose:
         print(f"chose l2={l2:g}, policy threshold {threshold}: with heads fitted on train, dev "
               f"route accuracy {acc:.3f}, policy recall {recall:.3f}, rule accuracy {rule_acc:.3f}")
+    e_train, e_dev = embed(train_rows), embed(dev_rows)
+    dense_of = _dense_builder(e_train)
+    sem_best: tuple | None = None
+    for l2_sem in L2_GRID:
+        for knn_weight in KNN_WEIGHTS:
+            head, dense_w = fit(x_train, y_train, ROUTES, l2_sem,
+                                dense_of(e_train, y_train, knn_weight, own=True))
+            p_dev = probabilities(head, x_dev, dense_of(e_dev, y_train, knn_weight), dense_w)
+            for t in THRESHOLDS:
+                acc_s, recall_s, errors = scores(p_dev, y_dev, t, lex_dev)
+                if sem_best is None or errors < sem_best[0]:
+                    sem_best = (errors, l2_sem, knn_weight, t, acc_s, recall_s)
+    assert sem_best is not None
+    _, l2_sem, knn_weight, sem_threshold, acc_s, recall_s = sem_best
+    if verbose:
+        print(f"semantic head: chose l2={l2_sem:g}, nearness weight {knn_weight}, policy "
+              f"threshold {sem_threshold}: dev route accuracy {acc_s:.3f}, policy recall "
+              f"{recall_s:.3f}")
     both = train_rows + dev_rows
-    route = fit(*route_matrix(both), ROUTES, l2)
+    x_both, y_both = route_matrix(both)
+    route = fit(x_both, y_both, ROUTES, l2)
     rule = fit(*rule_matrix(both), POLICY_RULES, l2)
+    e_both = np.vstack([e_train, e_dev])
+    dense_of = _dense_builder(e_both)
+    sem_head, dense_w = fit(x_both, y_both, ROUTES, l2_sem,
+                            dense_of(e_both, y_both, knn_weight, own=True))
+    semantic = Semantic(sem_head, dense_w, e_both, y_both, knn_weight, sem_threshold)
     if verbose:
         print(f"refitted on train+dev ({len(both)} messages) in "
               f"{time.perf_counter() - started:.1f}s in all")
-    return RouterModel(route, rule, threshold, input_digest())
+    return RouterModel(route, rule, threshold, input_digest(), semantic)
+
+
+def _dense_builder(exemplars: np.ndarray):
+    """Dense features against `exemplars`: the embedding and the per-route nearness (with
+    `own=True` the rows are the exemplars themselves, and none is its own neighbour)."""
+
+    def build(embeddings: np.ndarray, labels: np.ndarray, knn_weight: float,
+              own: bool = False) -> np.ndarray:
+        sims = embeddings @ exemplars.T
+        if own:
+            np.fill_diagonal(sims, -np.inf)
+        return dense_features(embeddings, knn_features(sims, labels), knn_weight)
+
+    return build
 
 
 def compare(fresh: RouterModel, shipped: RouterModel) -> bool:
@@ -214,7 +288,19 @@ def compare(fresh: RouterModel, shipped: RouterModel) -> bool:
         return False
     if not np.isclose(fresh.policy_threshold, shipped.policy_threshold):
         return False
-    for a, b in ((fresh.route, shipped.route), (fresh.rule, shipped.rule)):
+    pairs = [(fresh.route, shipped.route), (fresh.rule, shipped.rule)]
+    if (fresh.semantic is None) != (shipped.semantic is None):
+        return False
+    if fresh.semantic is not None:
+        a, b = fresh.semantic, shipped.semantic
+        if not np.isclose(a.policy_threshold, b.policy_threshold) or a.knn_weight != b.knn_weight:
+            return False
+        if not np.allclose(a.dense, b.dense, atol=1e-5) or not np.array_equal(a.labels, b.labels):
+            return False
+        if np.abs(a.exemplars - b.exemplars).max() > 1.01 * np.abs(a.exemplars).max() / 127.0:
+            return False
+        pairs.append((a.head, b.head))
+    for a, b in pairs:
         step = np.abs(a.weights).max(axis=0) / 127.0
         if np.any(np.abs(a.weights - b.weights) > 1.01 * step):
             return False

@@ -12,6 +12,13 @@ as `data/router_model.npz` (int8 with one scale per class); inference is pure nu
 Two heads share the features: the route head picks one of `ROUTES` (`abbey`, `aviva`, `meta`, a
 question about the assistant itself, and `policy`, a violation of one of the rules), and the rule
 head, trained on violations only, says which rule (`POLICY_RULES`).
+
+Words miss what a message means when it says it in other words ("finish my life", "get into my
+ex's account"). When the packaged sentence encoder is present (`backends/sentence_encoder.py`),
+the route head is the `Semantic` one: the same hashed features plus the message's sentence
+embedding and, for each route, how near the message is to the corpus messages of that route
+(the mean of the `KNN_K` nearest cosines, and the nearest). Without the encoder the words-only
+head routes, with its own threshold.
 """
 
 from __future__ import annotations
@@ -259,6 +266,7 @@ class Prediction:
     features: Features
     route_rows: np.ndarray  # the route head's weights of the message's features
     rule_rows: np.ndarray
+    semantic: bool = False  # the route head with the sentence embedding decided
 
     def evidence(self, label: str, limit: int = 3) -> list[str]:
         """The words that made `label` (a route or a rule) stand out, strongest first: what each
@@ -302,11 +310,66 @@ class Head:
         return p / p.sum()
 
 
+KNN_K = 3
+EMBEDDING_WEIGHT = 2.0  # the sentence embedding's scale next to the hashed features
+
+
+def knn_features(similarities: np.ndarray, labels: np.ndarray, k: int = KNN_K) -> np.ndarray:
+    """Per route, the mean of the `k` highest similarities to its exemplars and the highest
+    (rows: messages; columns: exemplars)."""
+    sims = np.atleast_2d(similarities)
+    out = np.zeros((len(sims), 2 * len(ROUTES)), dtype=np.float32)
+    for c in range(len(ROUTES)):
+        cols = sims[:, labels == c]
+        kk = min(k, cols.shape[1])
+        if kk == 0:
+            continue
+        top = np.partition(cols, cols.shape[1] - kk, axis=1)[:, -kk:]
+        out[:, 2 * c] = top.mean(axis=1)
+        out[:, 2 * c + 1] = top.max(axis=1)
+    return out
+
+
+def dense_features(embeddings: np.ndarray, knn: np.ndarray, knn_weight: float) -> np.ndarray:
+    """The semantic head's dense inputs: the scaled embedding, then the scaled nearness."""
+    return np.hstack([np.atleast_2d(embeddings) * EMBEDDING_WEIGHT,
+                      knn * (EMBEDDING_WEIGHT * knn_weight)]).astype(np.float32)
+
+
+class Semantic:
+    """The route head with meaning: hashed features, the sentence embedding and the nearness
+    to each route's exemplars (the labelled corpus messages it was trained on)."""
+
+    def __init__(self, head: Head, dense: np.ndarray, exemplars: np.ndarray, labels: np.ndarray,
+                 knn_weight: float, policy_threshold: float) -> None:
+        if dense.shape != (exemplars.shape[1] + 2 * len(ROUTES), len(ROUTES)):
+            raise ValueError(f"semantic head has shape {dense.shape} for {exemplars.shape[1]}-d "
+                             "embeddings")
+        self.head = head
+        self.dense = np.ascontiguousarray(dense, dtype=np.float32)
+        self.exemplars = np.ascontiguousarray(exemplars, dtype=np.float32)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.knn_weight = float(knn_weight)
+        self.policy_threshold = float(policy_threshold)
+
+    @property
+    def dim(self) -> int:
+        return self.exemplars.shape[1]
+
+    def probs(self, rows: np.ndarray, value: np.ndarray, embedding: np.ndarray) -> np.ndarray:
+        knn = knn_features(self.exemplars @ embedding, self.labels)
+        logits = value @ rows + (dense_features(embedding, knn, self.knn_weight) @ self.dense)[0] \
+            + self.head.bias
+        p = np.exp(logits - logits.max())
+        return p / p.sum()
+
+
 class RouterModel:
-    """The trained heads, the policy threshold, and a `predict()` well under a millisecond."""
+    """The trained heads, the policy threshold, and a `predict()` well under a millisecond
+    (given the message's sentence embedding, which memory shares)."""
 
     def __init__(self, route: Head, rule: Head, policy_threshold: float = 0.5,
-                 input_sha256: str = "") -> None:
+                 input_sha256: str = "", semantic: Semantic | None = None) -> None:
         if route.labels != ROUTES or rule.labels != POLICY_RULES:
             raise ValueError(f"router model labels {route.labels} / {rule.labels} do not match "
                              f"{ROUTES} / {POLICY_RULES}")
@@ -314,6 +377,12 @@ class RouterModel:
         self.rule = rule
         self.policy_threshold = float(policy_threshold)
         self.input_sha256 = input_sha256
+        self.semantic = semantic
+
+    def threshold(self, semantic: bool) -> float:
+        """The policy threshold of the head that decided (`Prediction.semantic`)."""
+        return self.semantic.policy_threshold if semantic and self.semantic else \
+            self.policy_threshold
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH) -> RouterModel:
@@ -325,13 +394,34 @@ class RouterModel:
                     raise ValueError(f"router model {name} labels {stored} do not match {labels}")
                 weights = data[f"{name}_weights_q"].astype(np.float32) * data[f"{name}_scale"]
                 heads.append(Head(labels, weights, data[f"{name}_bias"]))
+            semantic = None
+            if "semantic_dense" in data:
+                weights = data["semantic_weights_q"].astype(np.float32) * data["semantic_scale"]
+                exemplars = data["exemplars_q"].astype(np.float32) * data["exemplars_scale"][:, None]
+                semantic = Semantic(Head(ROUTES, weights, data["semantic_bias"]),
+                                    data["semantic_dense"], exemplars, data["exemplar_labels"],
+                                    float(data["knn_weight"]),
+                                    float(data["semantic_policy_threshold"]))
             return cls(heads[0], heads[1], float(data["policy_threshold"]),
-                       str(data["input_sha256"]))
+                       str(data["input_sha256"]), semantic)
 
     def save(self, path: Path) -> None:
-        """int8 weights with one scale per class (a quarter of float32), compressed."""
+        """int8 weights with one scale per class (a quarter of float32), int8 exemplars with one
+        scale per row, compressed."""
         arrays: dict[str, np.ndarray] = {}
-        for name, head in (("route", self.route), ("rule", self.rule)):
+        heads = [("route", self.route), ("rule", self.rule)]
+        if self.semantic is not None:
+            heads.append(("semantic", self.semantic.head))
+            sem = self.semantic
+            row_scale = np.abs(sem.exemplars).max(axis=1) / 127.0
+            row_scale[row_scale == 0] = 1.0
+            arrays.update(
+                semantic_dense=sem.dense, exemplar_labels=sem.labels.astype(np.int8),
+                exemplars_q=np.round(sem.exemplars / row_scale[:, None]).astype(np.int8),
+                exemplars_scale=row_scale.astype(np.float32),
+                knn_weight=np.float32(sem.knn_weight),
+                semantic_policy_threshold=np.float32(sem.policy_threshold))
+        for name, head in heads:
             scale = np.abs(head.weights).max(axis=0) / 127.0
             scale[scale == 0] = 1.0
             arrays[f"{name}_weights_q"] = np.round(head.weights / scale).astype(np.int8)
@@ -341,15 +431,23 @@ class RouterModel:
         np.savez_compressed(path, **arrays, policy_threshold=np.float32(self.policy_threshold),
                             input_sha256=np.array(self.input_sha256))
 
-    def predict(self, text: str) -> Prediction:
+    def predict(self, text: str, embedding: np.ndarray | None = None) -> Prediction:
+        """`embedding`: the message's sentence embedding (unit length), or None for words only."""
         features = featurize(text)
-        route_rows = self.route.weights[features.index]
+        semantic = self.semantic if embedding is not None else None
+        if semantic is not None and len(embedding) != semantic.dim:
+            raise ValueError(f"a {len(embedding)}-d embedding for a {semantic.dim}-d router")
         rule_rows = self.rule.weights[features.index]
-        routes = self.route.probs(route_rows, features.value)
+        if semantic is not None:
+            route_rows = semantic.head.weights[features.index]
+            routes = semantic.probs(route_rows, features.value, embedding)
+        else:
+            route_rows = self.route.weights[features.index]
+            routes = self.route.probs(route_rows, features.value)
         rules = self.rule.probs(rule_rows, features.value)
         return Prediction(dict(zip(ROUTES, routes.tolist(), strict=True)),
                           dict(zip(POLICY_RULES, rules.tolist(), strict=True)),
-                          features, route_rows, rule_rows)
+                          features, route_rows, rule_rows, semantic is not None)
 
 
 @lru_cache(maxsize=1)

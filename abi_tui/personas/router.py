@@ -8,12 +8,12 @@ Precedence:
 3. a technical task or question from a user who is not in distress: Aviva.
 
 What decides is a trained classifier (`classifier.py`: hashed words, character n-grams and concept
-classes, two logistic-regression heads), blended with the hand-made lexicon's scores
+classes, and, when the packaged sentence encoder is present, the message's sentence embedding and
+its nearness to the labelled corpus; two logistic-regression heads), blended with the hand-made lexicon's scores
 (`lexicon_scores.py`, weight `LEXICON_WEIGHT`), and rules where rules are right: a few
 high-precision patterns decide a violation outright (`data/policy.toml`: `rm -rf /`, a fork
 bomb), as does the lexicon's own policy flag; a violation is decided before anything else (no
-`@persona` prefix, persona chosen in the UI, continuity or embedding can route around the
-moderator); an explicit choice otherwise wins; the previous persona gets `HYSTERESIS` added to
+`@persona` prefix, persona chosen in the UI or continuity can route around the moderator); an explicit choice otherwise wins; the previous persona gets `HYSTERESIS` added to
 its score, and a bare follow-up ("and the second one?") stays with it. Ties go to Abbey. `docs/ROUTER.md`
 describes the corpus the classifier is trained on and its held-out figures.
 """
@@ -21,13 +21,14 @@ describes the corpus the classifier is trained on and its held-out figures.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+import numpy as np
 
 from abi_tui.errors import InvalidRequest
 from abi_tui.personas.catalogue import AUTO, DISPLAY_NAMES, PERSONA_IDS
@@ -44,8 +45,8 @@ from abi_tui.personas.signals import Signals, analyze
 
 log = logging.getLogger(__name__)
 
-# A per-persona similarity in [0, 1] (cosine to each persona's exemplars, say) for a text.
-Similarity = Callable[[str], Mapping[str, float] | None]
+# A text's unit-length sentence embedding (the shared encoder's `encode`), or None.
+Embed = Callable[[str], "np.ndarray | None"]
 
 HYSTERESIS = 0.2
 LEXICON_WEIGHT = 0.3  # the lexicon's share of the persona scores (tuned on the dev split)
@@ -143,18 +144,16 @@ def _winner(scores: Mapping[str, float]) -> str:
 
 
 class PersonaRouter:
-    """Routes a message to a persona in well under a millisecond (without embeddings).
+    """Routes a message to a persona in well under a millisecond, given its sentence embedding.
 
-    `similarity`, when given, is called with the message and returns per-persona similarities
-    in [0, 1] (e.g. the best cosine similarity to each persona's exemplars in the vector store);
-    they are blended in with `embedding_weight`. A failing hook is logged and ignored: routing
-    never fails because of it. Precomputed similarities can also be passed to `route()`.
+    `embed`, when given, returns the message's sentence embedding (the shared encoder, which
+    memory then finds in its cache); the classifier's semantic head reads it. A failing or
+    mismatched embedder is logged and ignored: the words-only head routes instead.
     """
 
-    def __init__(self, *, similarity: Similarity | None = None, embedding_weight: float = 0.3,
-                 hysteresis: float = HYSTERESIS, model: RouterModel | None = None) -> None:
-        self.similarity = similarity
-        self.embedding_weight = embedding_weight
+    def __init__(self, *, embed: Embed | None = None, hysteresis: float = HYSTERESIS,
+                 model: RouterModel | None = None) -> None:
+        self.embed = embed
         self.hysteresis = hysteresis
         self.model = model or default_model()
         self.rules = policy_rules()
@@ -162,15 +161,12 @@ class PersonaRouter:
     # -- public API -----------------------------------------------------------------------
 
     def route(self, content: str, *, previous: str | None = None, override: str | None = None,
-              similarities: Mapping[str, float] | None = None) -> RoutingDecision:
+              ) -> RoutingDecision:
         """Decide who answers `content`. A leading @persona in the content is an override."""
-        return self.route_message(content, previous=previous, override=override,
-                                  similarities=similarities)[0]
+        return self.route_message(content, previous=previous, override=override)[0]
 
     def route_message(self, content: str, *, previous: str | None = None,
-                      override: str | None = None,
-                      similarities: Mapping[str, float] | None = None,
-                      ) -> tuple[RoutingDecision, str]:
+                      override: str | None = None) -> tuple[RoutingDecision, str]:
         """The decision and the content with any leading @persona removed (what the model sees).
 
         `override` is the UI's choice (a persona id, or None/"auto" for routing); a leading
@@ -181,11 +177,12 @@ class PersonaRouter:
         forced = inline or _check_persona(override, "override")
         previous = _check_persona(previous, "previous")
         sig = analyze(cleaned)
-        pred = self.model.predict(cleaned)
+        pred = self.model.predict(cleaned, self._embedding(cleaned))
         signals = sig.to_dict()
         signals["override"] = forced
         signals["previous"] = previous
         signals["classifier"] = {k: round(v, 3) for k, v in pred.routes.items()}
+        signals["classifier_input"] = "words and meaning" if pred.semantic else "words"
         signals["policy"] = None
         tally = lexicon_tally(sig, cleaned)
         learned = _persona_scores(pred)
@@ -212,13 +209,10 @@ class PersonaRouter:
                 # "and the second one?" says nothing the classifier can read: it belongs to
                 # the conversation, so the previous persona leads whatever the priors say.
                 scores[previous] = max(scores[previous], max(scores.values()) + 0.01)
-        self._blend_similarities(cleaned, similarities, scores, signals)
         winner = _winner(scores)
         words = pred.evidence({"abi": "meta"}.get(winner, winner))
         signals["evidence"]["classifier"] = list(words)
-        tipped_by = None
-        if winner != base_winner:
-            tipped_by = ("continuity" if previous == winner else "embedding similarity")
+        tipped_by = "continuity" if winner != base_winner else None
         if lexicon_tipped and not tipped_by:
             words = _lexicon_words(tally, winner) or words
         reason = self._reason(winner, words, sig, tipped_by, previous)
@@ -235,7 +229,7 @@ class PersonaRouter:
             pattern, found = matched
             return pattern.rule, [found], 1.0, pattern.what
         p_policy = pred.routes["policy"]
-        if p_policy < self.model.policy_threshold:
+        if p_policy < self.model.threshold(pred.semantic):
             flag = sig.policy
             rule = self.rules.lexicon_categories.get(flag.category) if flag else None
             if flag is None or rule is None:
@@ -266,25 +260,23 @@ class PersonaRouter:
 
     # -- scoring --------------------------------------------------------------------------
 
-    def _blend_similarities(self, content: str, sims: Mapping[str, float] | None,
-                            scores: dict[str, float], signals: dict[str, Any]) -> None:
-        if sims is None and self.similarity is not None:
-            try:
-                sims = self.similarity(content)
-            except Exception:  # the hook is optional; a broken one must not stop routing
-                log.exception("persona similarity hook failed; routing without embeddings")
-                sims = None
-        if sims is not None and not isinstance(sims, Mapping):
-            log.warning("persona similarities must be a mapping, got %s", type(sims).__name__)
-            sims = None
-        if not sims:
-            return
-        for persona in PERSONA_IDS:
-            value = sims.get(persona)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                scores[persona] += self.embedding_weight * min(1.0, max(0.0, float(value)))
-        signals["similarities"] = {k: round(float(v), 3) for k, v in sims.items()
-                                   if isinstance(v, (int, float)) and math.isfinite(v)}
+    def _embedding(self, text: str) -> np.ndarray | None:
+        if self.embed is None:
+            return None
+        try:
+            vector = self.embed(text)
+        except Exception:  # the embedder is optional; a broken one must not stop routing
+            log.exception("sentence embedding failed; routing on words only")
+            return None
+        semantic = self.model.semantic
+        if vector is None or semantic is None:
+            return None
+        vector = np.asarray(vector, dtype=np.float32).ravel()
+        if vector.shape != (semantic.dim,) or not np.all(np.isfinite(vector)):
+            log.warning("a %s sentence embedding for a %d-d router; routing on words only",
+                        vector.shape, semantic.dim)
+            return None
+        return vector
 
     def _reason(self, winner: str, words: list[str], sig: Signals, tipped_by: str | None,
                 previous: str | None) -> str:
@@ -293,8 +285,6 @@ class PersonaRouter:
         if tipped_by == "continuity" and previous:
             reason = (f"{name}: continuity with the previous {DISPLAY_NAMES[previous]} answer "
                       f"tipped a close call")
-        elif tipped_by:
-            reason = f"{name}: embedding similarity tipped a close call"
         elif not words:
             return f"{name} by default: no technical, emotional or policy signal stood out."
         else:
@@ -361,7 +351,7 @@ _DEFAULT_ROUTER: PersonaRouter | None = None
 
 def route(content: str, *, previous: str | None = None,
           override: str | None = None) -> RoutingDecision:
-    """Route with a shared router without embeddings (convenience for scripts and tests)."""
+    """Route with a shared router on words only (convenience for scripts and tests)."""
     global _DEFAULT_ROUTER
     if _DEFAULT_ROUTER is None:
         _DEFAULT_ROUTER = PersonaRouter()

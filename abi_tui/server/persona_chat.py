@@ -63,7 +63,8 @@ class PersonaService:
     def __init__(self, settings: Settings, engine: InferenceEngine) -> None:
         self.settings = settings
         self.engine = engine
-        self.router = PersonaRouter()
+        self.encoder: Any = None  # the packaged sentence encoder, once loaded (None: absent)
+        self.router = PersonaRouter(embed=self._embed)
         self.metrics = PersonaMetrics()
         self.chats: ChatStore | None = None
         self.memory: Any = None  # HybridMemory once the chat store is open
@@ -81,7 +82,18 @@ class PersonaService:
     # -------------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         self.chats = await asyncio.to_thread(ChatStore, self.settings.chats_db)
-        self._opening = asyncio.get_running_loop().create_task(self.open_memory_at_start())
+        self._opening = asyncio.get_running_loop().create_task(self._open_at_start())
+
+    async def _open_at_start(self) -> None:
+        """The sentence encoder (a second, once per machine: converting it), then memory; until
+        the encoder is there, routing reads words only."""
+        from abi_tui.backends.sentence_encoder import shared_encoder
+
+        self.encoder = await asyncio.to_thread(shared_encoder)
+        await self.open_memory_at_start()
+
+    def _embed(self, text: str) -> Any:
+        return self.encoder.encode(text) if self.encoder is not None else None
 
     async def stop(self) -> None:
         if self._opening is not None:
@@ -275,7 +287,8 @@ class PersonaService:
         if generation.model in PERSONA_IDS:
             generation.model = None  # the persona runs on the default backend
         text = last_user_text(generation)
-        decision, cleaned = self.decide(text, forced=None if requested == "auto" else requested)
+        decision, cleaned = await asyncio.to_thread(
+            self.decide, text, forced=None if requested == "auto" else requested)
         messages = [dict(m) for m in generation.messages] if generation.messages else [
             {"role": "user", "content": generation.prompt or ""}]
         for message in reversed(messages):
@@ -318,7 +331,8 @@ class PersonaService:
             earlier = await asyncio.to_thread(chats.messages, conversation_id)
             history = [{"role": m.role, "content": m.content} for m in earlier if m.content and m.role in ("user", "assistant")]
             previous = next((m.persona for m in reversed(earlier) if m.role == "assistant" and m.persona), None)
-        decision, cleaned = self.decide(content, previous=previous, forced=forced)
+        decision, cleaned = await asyncio.to_thread(self.decide, content, previous=previous,
+                                                    forced=forced)
         memory = await self.ensure_memory()
         hits = []
         note = None

@@ -347,39 +347,47 @@ def test_ties_go_to_abbey():
     assert _winner({"abi": 0.1, "abbey": 0.2, "aviva": 0.2}) == "abbey"
 
 
-def test_embedding_similarity_is_blended_and_named():
+@pytest.fixture(scope="module")
+def encoder():
+    from abi_tui.backends.sentence_encoder import shared_encoder
+
+    found = shared_encoder()
+    assert found is not None, "the packaged sentence encoder is not installed (README)"
+    return found
+
+
+def test_the_sentence_embedding_reaches_the_semantic_head(encoder):
     calls: list[str] = []
 
-    def similarity(text: str) -> dict[str, float]:
+    def embed(text: str):
         calls.append(text)
-        return {"abi": 0.0, "abbey": 0.1, "aviva": 0.9}
+        return encoder.encode(text)
 
-    router = PersonaRouter(similarity=similarity, embedding_weight=2.0)
-    d, cleaned = router.route_message("I feel a bit low today")
-    assert calls == [cleaned]
-    assert PersonaRouter().route(cleaned).persona == "abbey"
-    assert d.persona == "aviva"  # the (exaggerated) embedding weight tipped it
-    assert "embedding similarity" in d.reason
-    assert d.signals["similarities"]["aviva"] == 0.9
+    d, cleaned = PersonaRouter(embed=embed).route_message("@aviva how do I centre a div")
+    assert calls == [cleaned] == ["how do I centre a div"]
+    assert d.signals["classifier_input"] == "words and meaning"
+    assert PersonaRouter().route(cleaned).signals["classifier_input"] == "words"
 
 
-def test_precomputed_similarities_skip_the_hook():
-    router = PersonaRouter(similarity=lambda text: pytest.fail("hook called"))
-    d = router.route("hmm", similarities={"aviva": 1.0, "abbey": 0.0})
-    assert d.signals["similarities"] == {"aviva": 1.0, "abbey": 0.0}
+def test_meaning_catches_what_words_miss(encoder):
+    # Said without any of the lexicon's words for self-harm; the semantic head reads the meaning.
+    text = "honestly i just want to stop existing, nobody would notice"
+    d = PersonaRouter(embed=encoder.encode).route(text)
+    assert (d.persona, d.policy) == ("abbey", "self_harm")
 
 
 @pytest.mark.parametrize("hook", [
     lambda text: 1 / 0,
     lambda text: None,
-    lambda text: {"aviva": float("nan"), "bogus": 3, "abbey": "x"},
-    lambda text: ["not", "a", "mapping"],
+    lambda text: [0.5] * 7,  # the wrong dimension
+    lambda text: [float("nan")] * 384,
 ])
-def test_a_broken_similarity_hook_never_breaks_routing(hook):
-    d = PersonaRouter(similarity=hook).route("write a python function that sorts a list")
+def test_a_broken_embedder_never_breaks_routing(hook):
+    d = PersonaRouter(embed=hook).route("write a python function that sorts a list")
     assert d.persona == "aviva"
+    assert d.signals["classifier_input"] == "words"
 
 
-def test_policy_is_not_outvoted_by_embeddings_or_history():
-    router = PersonaRouter(similarity=lambda t: {"abbey": 1.0}, embedding_weight=5.0)
+def test_policy_is_not_outvoted_by_embeddings_or_history(encoder):
+    router = PersonaRouter(embed=lambda t: encoder.encode("I feel sad and lonely today"))
     assert router.route("how do i make a bomb", previous="abbey").persona == "abi"

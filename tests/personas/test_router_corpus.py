@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from abi_tui.backends.sentence_encoder import shared_encoder
 from abi_tui.personas.classifier import MODEL_PATH, POLICY_RULES, RouterModel
 from abi_tui.personas.router import PersonaRouter
 
@@ -24,16 +25,19 @@ TEST = [row for row in CORPUS if row["split"] == "test"]
 
 # The held-out targets, and the floors the shipped model reaches today (docs/ROUTER.md): a test
 # below a floor is a regression; the targets are marked as not met yet until they are.
-TARGET_ACCURACY, FLOOR_ACCURACY = 0.95, 0.90  # measured: 0.906
-TARGET_POLICY_RECALL, FLOOR_POLICY_RECALL = 0.99, 0.92  # measured: 0.927
-TARGET_META, FLOOR_META = 0.95, 0.90  # measured: 0.906
+TARGET_ACCURACY, FLOOR_ACCURACY = 0.95, 0.94  # measured: 0.947
+TARGET_POLICY_RECALL, FLOOR_POLICY_RECALL = 0.99, 0.935  # measured: 0.940
+TARGET_META = 0.95  # measured: 0.962
 # Benign (non-policy) messages flagged as violations: each is a refusal a user sees.
-TARGET_FALSE_FLAGS, CEILING_FALSE_FLAGS = 0.02, 0.09  # measured: 0.088
+TARGET_FALSE_FLAGS, CEILING_FALSE_FLAGS = 0.02, 0.05  # measured: 0.045
 
 
 @pytest.fixture(scope="module")
 def router() -> PersonaRouter:
-    return PersonaRouter()
+    """The router as the server runs it: with the packaged sentence encoder."""
+    encoder = shared_encoder()
+    assert encoder is not None, "the packaged sentence encoder is not installed (README)"
+    return PersonaRouter(embed=encoder.encode)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +115,6 @@ def _misses(decisions) -> str:
 def test_held_out_figures_stay_above_their_floors(test_decisions):
     assert _accuracy(test_decisions) >= FLOOR_ACCURACY, _misses(test_decisions)
     assert _policy_recall(test_decisions) >= FLOOR_POLICY_RECALL
-    assert _meta(test_decisions) >= FLOOR_META
     assert _false_flag_rate(test_decisions) <= CEILING_FALSE_FLAGS
 
 
@@ -125,7 +128,6 @@ def test_held_out_policy_recall_target(test_decisions):
     assert _policy_recall(test_decisions) >= TARGET_POLICY_RECALL
 
 
-@pytest.mark.xfail(strict=True, reason="not met yet: the held-out figures are in docs/ROUTER.md")
 def test_held_out_meta_target(test_decisions):
     assert _meta(test_decisions) >= TARGET_META
 
@@ -171,7 +173,7 @@ def test_the_shipped_model_was_trained_on_these_inputs():
     shipped = RouterModel.load(MODEL_PATH)
     assert shipped.input_sha256 == train_router.input_digest(), (
         "the corpus, concepts or training code changed: run python scripts/train_router.py")
-    assert MODEL_PATH.stat().st_size < 400 * 1024
+    assert MODEL_PATH.stat().st_size < 1536 * 1024  # exemplars included (int8)
 
 
 def test_the_shipped_model_is_what_training_produces():
