@@ -379,7 +379,7 @@ def main() -> None:
     report = {"embedder": label, "words": args.words, "split": split, "pairs": len(pairs), "unrelated": len(unrelated),
               "stored_items": stored, "store_s": round(store_s, 2), "results": results,
               "query_embedding_ms": {"p50": percentile(embed_ms, 0.5), "p95": percentile(embed_ms, 0.95)},
-              "latency_at_size": latency, "threads": args.threads, "load": os.getloadavg()[0]}
+              "latency_at_size": latency, "threads": 1 if kind == "encoder" else args.threads, "load": os.getloadavg()[0]}
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -388,7 +388,8 @@ def main() -> None:
     print(f"{'retriever':<12} {'recall@5':>9} {'false hits':>11}")
     for mode, r in results.items():
         print(f"{mode:<12} {r['recall_at_5']:>9.1%} {r['false_hit_rate']:>11.1%}")
-    print(f"query embedding ({args.threads} threads): p50 {report['query_embedding_ms']['p50']:.1f} ms, "
+    who = "the encoder, 1 thread" if kind == "encoder" else f"{path.stem}, {args.threads} threads"
+    print(f"query embedding ({who}): p50 {report['query_embedding_ms']['p50']:.1f} ms, "
           f"p95 {report['query_embedding_ms']['p95']:.1f} ms")
     if latency:
         print(f"retrieval step with {latency['items']} items (after the query embedding):")
@@ -396,8 +397,10 @@ def main() -> None:
             r = latency[mode]
             print(f"  {mode:<10} p50 {r['retrieval_p50_ms']:.2f} ms  p95 {r['retrieval_p95_ms']:.2f} ms")
         print(f"  fused / vectors-only p95: {latency['fused']['retrieval_p95_ms'] / latency['vectors']['retrieval_p95_ms']:.2f}x")
-    print(f"  median {statistics.median(embed_ms):.1f} ms embedding + fused p95 "
-          f"{(latency or {'fused': results['fused']})['fused']['retrieval_p95_ms']:.2f} ms retrieval per query")
+    if embed_ms:
+        print(f"  median {statistics.median(embed_ms):.1f} ms embedding + fused p95 "
+              f"{(latency or {'fused': results['fused']})['fused']['retrieval_p95_ms']:.2f} ms retrieval "
+              "per query")
 
 
 if __name__ == "__main__":
