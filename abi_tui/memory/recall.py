@@ -9,7 +9,8 @@ Each retriever proposes `candidates` items. Every candidate then gets the same f
 - `self_my`, `self_i`: the query speaks of the user ("my", "me"; "I") — questions about the user
   are what memory answers, general questions rarely are.
 A logistic model of these, fitted on the training split of benchmarks/data/memory_pairs.json
-(data/fusion.json), says how likely the item answers the query; items under `min_score` are
+per kind of embedder (`FUSION_FILES`: the packaged sentence encoder's similarities are worth more
+than a chat model's), says how likely the item answers the query; items under `min_score` are
 dropped, so an unrelated question recalls nothing. Ties are broken by reciprocal rank fusion of
 the two rankings.
 
@@ -38,6 +39,7 @@ RRF_K = 60
 FEATURES = ("overlap", "soft", "similarity_z", "self_my", "self_i")
 EXPAND_K = 3  # stored words like each query word that BM25 also looks for
 EXPAND_MIN_SIMILARITY = 0.45
+FUSION_FILES = {"encoder": "fusion.json", "chat-model": "fusion-chat-model.json"}
 _SELF_MY = re.compile(r"\b(?:my|me|mine|myself|our|ours|us)\b", re.I)
 _SELF_I = re.compile(r"\b(?:i|i'm|i've|i'd|i'll|im|we)\b", re.I)
 
@@ -65,8 +67,9 @@ class Fusion:
     candidates: int = 20
 
     @classmethod
-    def load(cls) -> Fusion:
-        path = resources.files("abi_tui.memory").joinpath("data", "fusion.json")
+    def load(cls, kind: str = "encoder") -> Fusion:
+        """The fit for this kind of embedder (`EncoderEmbedder.kind`, `CenteredEmbedder.kind`)."""
+        path = resources.files("abi_tui.memory").joinpath("data", FUSION_FILES[kind])
         data = json.loads(path.read_text(encoding="utf-8"))
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 

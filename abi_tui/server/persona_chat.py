@@ -9,8 +9,8 @@ when it becomes active and reused by every conversation (`LlamaBackend.pin_prefi
 
 The server owns the chat store and memory (docs/MEMORY.md). Memory opens at start-up, in the
 background (chromadb takes a second to import). Its BM25 half lives in the chat database and
-always works; its vector half needs an embedding model: the configured one, else the active
-local model.
+always works; its vector half needs an embedding model: the configured one, else the packaged
+sentence encoder, else the active local model.
 """
 
 from __future__ import annotations
@@ -124,10 +124,7 @@ class PersonaService:
                 self.memory = HybridMemory(MemoryItems(self.chats))
                 self.memory_state = "lexical"
             try:
-                if load:
-                    backend = await self.engine.embedding_backend(None)
-                else:
-                    backend = self._resident_embedding_backend()
+                backend = await self._embedding_source(load)
             except AbiError as exc:
                 self.memory.vectors, self.memory_backend = None, None
                 self.memory_state, self.memory_error = "no_embedding_model", exc.message
@@ -160,6 +157,19 @@ class PersonaService:
     def _new_collection(self) -> bool:
         return self.memory.vectors.count() == 0 and self.memory.items.count() > 0
 
+    async def _embedding_source(self, load: bool) -> Any:
+        """What embeds memory: `vector_store.embedding_model` when set, else the packaged
+        sentence encoder when installed, else the active local model."""
+        if not self.settings.vector_store.embedding_model:
+            from abi_tui.memory import embedder
+
+            encoder = await asyncio.to_thread(embedder.packaged_encoder)
+            if encoder is not None:
+                return encoder
+        if load:
+            return await self.engine.embedding_backend(None)
+        return self._resident_embedding_backend()
+
     def _resident_embedding_backend(self) -> Any:
         name = self.settings.vector_store.embedding_model
         if name:
@@ -191,12 +201,20 @@ class PersonaService:
         return self._client
 
     def _open_memory(self, backend: Any) -> Any:
-        from abi_tui.memory.embedder import CenteredEmbedder
+        from abi_tui.memory.embedder import CenteredEmbedder, EncoderEmbedder
+        from abi_tui.memory.recall import Fusion
         from abi_tui.memory.vectors import VectorMemory
 
-        embed = CenteredEmbedder(lambda texts: backend.embed(texts)[0])
-        vectors = VectorMemory(self._chroma_client(), embed, backend.model_id)
-        self.memory.use_lexicon(self._lexicon(backend))
+        if hasattr(backend, "encode_many"):  # the packaged sentence encoder
+            from abi_tui.models.sentence_model import NAME
+
+            embed, model, lexicon = EncoderEmbedder(backend), NAME, None
+        else:
+            embed = CenteredEmbedder(lambda texts: backend.embed(texts)[0])
+            model, lexicon = backend.model_id, self._lexicon(backend)
+        vectors = VectorMemory(self._chroma_client(), embed, model)  # one collection per model
+        self.memory.fusion = Fusion.load(embed.kind)
+        self.memory.use_lexicon(lexicon)
         return vectors
 
     @staticmethod

@@ -59,9 +59,15 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 
 def _status(service: PersonaService, memory) -> dict:
+    """`dedicated`: memory embeds with a model made for it (the configured embedding model, else the
+    packaged sentence encoder when installed), not with the chat model's hidden states; known
+    before memory has bound to it."""
+    from abi_tui.models.sentence_model import NAME, source_dir
+
+    configured = bool(service.settings.vector_store.embedding_model)
     return {"state": service.memory_state, "error": service.memory_error,
             "embedding_model": memory.model,
-            "dedicated": bool(service.settings.vector_store.embedding_model)}
+            "dedicated": configured or memory.model == NAME or source_dir() is not None}
 
 
 async def list_items(request: web.Request) -> web.Response:

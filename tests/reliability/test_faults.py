@@ -126,11 +126,25 @@ def stalled_socket(port: int, path: str, body: dict | None = None, websocket_upg
     return sock
 
 
+async def start_up_done(server, timeout: float = 60.0) -> None:
+    """What the server loads in the background at start-up (the vector store's client, the
+    sentence encoder memory embeds with) is not what the stalled streams cost: wait for it."""
+    from abi_tui.memory.embedder import packaged_encoder
+
+    service = server.state.services["personas"]
+    await asyncio.to_thread(packaged_encoder)  # the one the server loads (cached), or None
+    deadline = time.monotonic() + timeout
+    while (service._client is None or service.memory is None or service.memory_state == "opening"
+           ) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 async def test_readers_that_never_drain_are_dropped_with_bounded_memory(app_server, figures):
     server = await app_server(write_timeout_s=1.0)
     port = int(server.url.rsplit(":", 1)[1])
     engine = server.state.engine
     body = {"model": FAST, "prompt": "x " * 40, "max_tokens": 131000}
+    await start_up_done(server)
     process = psutil.Process()
     before = process.memory_info().rss
     sockets = []

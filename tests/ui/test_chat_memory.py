@@ -1,8 +1,9 @@
 """Memory in the Chat pane: a fact told in one chat is recalled into a new chat's answer (the
 `memory` list of `abi.context`, shown above the answer), and one key forgets it for good.
 
-The server has no model here (the mock answers), so recall is BM25 alone; with real embeddings
-the same path is covered by tests/server/test_personas_api.py (real_model)."""
+The server has no model here (the mock answers): recall is BM25 with the packaged sentence
+encoder's vectors when it is installed, else BM25 alone; with a chat model's embeddings the same
+path is covered by tests/server/test_personas_api.py (real_model)."""
 
 from __future__ import annotations
 
