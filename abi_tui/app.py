@@ -43,14 +43,19 @@ from abi_tui.client import (
     ServerEvent,
 )
 from abi_tui.config import Settings, save_setting
+from abi_tui.connection import (
+    InProcessServer,
+    LinkStatus,
+    ProcessState,
+    ReloadStatus,
+    SupervisedServer,
+)
+from abi_tui.formatting import Formatter
 from abi_tui.themes import APP_CSS, DEFAULT_THEME, abi_themes
-from abi_tui.widgets.format import Formatter
 from abi_tui.widgets.header import StatusHeader
-from abi_tui.widgets.link import LinkStatus, ReloadStatus
 
 if TYPE_CHECKING:
     from abi_tui.screens.base import Pane
-    from abi_tui.server.supervisor import ChildState, ServerSupervisor
 
 log = logging.getLogger("abi.dash")
 
@@ -111,18 +116,18 @@ class AbiApp(App[None]):
         """The dashboard's server process started, listens, ended or is restarting (posted from
         the supervisor's thread)."""
 
-        def __init__(self, state: ChildState) -> None:
+        def __init__(self, state: ProcessState) -> None:
             super().__init__()
             self.state = state
 
     def __init__(self, settings: Settings, *, url: str | None = None, token: str | None = None,
-                 admin_token: str | None = None, embedded: Callable[[Settings], Any] | None = None,
-                 server: ServerSupervisor | None = None, frozen: bool = False, backoff: Backoff | None = None,
+                 admin_token: str | None = None, embedded: Callable[[Settings], InProcessServer] | None = None,
+                 server: SupervisedServer | None = None, frozen: bool = False, backoff: Backoff | None = None,
                  health_interval_s: float = HEALTH_INTERVAL_S, persist_theme: bool = True) -> None:
         """The server to follow: `url` (with `token`); or `server`, the handle of the dashboard's
         server process (`.token`, `.watch(callback)`: its URL once it listens, and its restarts);
-        or `embedded(settings)`, a server in this process with `.start() -> url` and `.stop()`
-        (EmbeddedServer), started after the first paint. `frozen` renders time-dependent values
+        or `embedded(settings)`, a server in this process (`InProcessServer`), started after the
+        first paint. The caller composes the server (`cli.py`); the app only follows it. `frozen` renders time-dependent values
         as fixed ones (snapshot tests)."""
         super().__init__()
         self.settings = settings
@@ -133,7 +138,7 @@ class AbiApp(App[None]):
         self.token = token if token is not None else settings.server.token
         self.admin_token = admin_token or settings.admin_token or self.token
         self.embedded_factory = embedded
-        self.embedded: Any = None
+        self.embedded: InProcessServer | None = None
         self.fmt = Formatter(frozen=frozen)
         self.backoff = backoff or Backoff()
         self.health_interval_s = health_interval_s
@@ -333,7 +338,7 @@ class AbiApp(App[None]):
     def on_abi_app_server_process_changed(self, message: ServerProcessChanged) -> None:
         self.server_process_changed(message.state)
 
-    def server_process_changed(self, state: ChildState) -> None:
+    def server_process_changed(self, state: ProcessState) -> None:
         self.link.process = state
         if state.phase == "ready" and state.url and (state.url != self.link.url or self.link.phase != "up"):
             self.connect(state.url)  # at once, not at the client's next reconnect attempt
@@ -560,7 +565,7 @@ def configure_dash_logging(settings: Settings) -> None:
 
 
 def run_app(settings: Settings, connect: str | None = None, token: str | None = None,
-            server: ServerSupervisor | None = None) -> int:
+            server: SupervisedServer | None = None) -> int:
     """`abi dash` (`server`: its server process, started and stopped by the caller) or
     `abi dash --connect URL [--token T]`."""
     configure_dash_logging(settings)

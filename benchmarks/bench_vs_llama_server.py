@@ -33,7 +33,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from abi_tui.bench import BenchConfig, LoadSpec, run_benchmark  # noqa: E402
-from abi_tui.bench.embedded import EmbeddedServer, free_port, wait_healthy  # noqa: E402
+from abi_tui.bench.embedded import ServerProcess, free_port, wait_healthy  # noqa: E402
 
 PROMPT = "The history of the lighthouse begins in ancient times, when"
 
@@ -148,7 +148,7 @@ async def main() -> int:
 
     print("abi dash --serve ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as home:
-        abi = EmbeddedServer(["--model", str(args.model), "--threads", str(args.threads),
+        abi = ServerProcess(["--model", str(args.model), "--threads", str(args.threads),
                               "--n-ctx", str(args.n_ctx), "--n-gpu-layers", "0"], env={"ABI_HOME": home})
         try:
             url = await abi.start(timeout_s=300)

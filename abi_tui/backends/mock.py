@@ -14,8 +14,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from abi_tui.backends.base import CancelFlag, GenerationRequest, Prepared, TokenChannel
+from abi_tui.backends.mock_patterns import PATTERNS, token_delay_ms
 from abi_tui.backends.text import StopMatcher
-from abi_tui.bench.patterns import PATTERNS, token_delay_ms
 from abi_tui.errors import ContextLengthExceeded, GenerationError, InvalidRequest, ModelNotFound
 
 DEFAULT_MAX_TOKENS = 64

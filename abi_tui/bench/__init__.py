@@ -1,4 +1,5 @@
-"""The streaming benchmark: load generator, statistics, reports, mock patterns.
+"""The streaming benchmark: load generator, statistics, reports (the mock backend's delay
+patterns are `backends/mock_patterns.py`).
 
 Programmatic API (the dashboard's Bench pane and scripts use it; no Textual here):
 
@@ -7,8 +8,8 @@ Programmatic API (the dashboard's Bench pane and scripts use it; no Textual here
     save_result(result, settings.bench_dir); result.to_json()
     list_runs(settings.bench_dir); load_run(path); compare(run_a, run_b)
 
-Names are imported lazily: `abi_tui.backends.mock` imports `abi_tui.bench.patterns`, and an eager
-import of the runner here would import the mock backend back while it is half-initialised.
+Names are imported lazily: the dashboard imports the light modules (presets, figures) when the
+Bench pane mounts, without the runner and its HTTP stack.
 """
 
 from __future__ import annotations

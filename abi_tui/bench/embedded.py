@@ -58,7 +58,7 @@ async def wait_healthy(url: str, timeout_s: float, process: subprocess.Popen | N
     raise BenchError(f"the server at {url} was not ready within {timeout_s:.0f} s ({last})")
 
 
-class EmbeddedServer:
+class ServerProcess:
     """`abi dash --serve --host 127.0.0.1 --port <free>` plus extra flags; stopped with SIGINT."""
 
     def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None,

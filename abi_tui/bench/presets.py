@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from abi_tui.bench.patterns import PATTERNS
+from abi_tui.backends.mock_patterns import PATTERNS
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import aiohttp
 
 from abi_tui import __version__
 from abi_tui.bench import loadgen
-from abi_tui.bench.embedded import BenchError, EmbeddedServer
+from abi_tui.bench.embedded import BenchError, ServerProcess
 from abi_tui.bench.encoding import measure_encoding, sample_tokens
 from abi_tui.bench.loadgen import LoadSpec, run_load
 from abi_tui.bench.presets import get_preset, mock_model_id, pattern_name
@@ -119,7 +119,7 @@ class ScenarioPlan:
 class Target:
     url: str
     kind: str  # "abi" or "openai-compatible"
-    embedded: EmbeddedServer | None
+    embedded: ServerProcess | None
     health: dict[str, Any]
 
     @property
@@ -292,7 +292,7 @@ async def run_benchmark(config: BenchConfig, on_progress: ProgressCallback | Non
         raise ValueError(f"--route must be one of {', '.join(ROUTES)}")
     run = _Run(config, on_progress)
     created = dt.datetime.now(dt.UTC).astimezone()
-    embedded: EmbeddedServer | None = None
+    embedded: ServerProcess | None = None
     session = make_session(config.timeout_s)
     transport: Transport | None = None
     recorder: TelemetryRecorder | None = None
@@ -304,7 +304,7 @@ async def run_benchmark(config: BenchConfig, on_progress: ProgressCallback | Non
             args = list(config.server_args)
             if config.model and _is_local_model(config.model) and "--model" not in args:
                 args += ["--model", config.model]  # loaded before the first request, not during it
-            embedded = EmbeddedServer(args, token=config.token)
+            embedded = ServerProcess(args, token=config.token)
             url = await embedded.start(timeout_s=max(120.0, config.timeout_s))
             kind, health = "abi", embedded.health
         target = Target(url, kind, embedded, health)

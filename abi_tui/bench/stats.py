@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from abi_tui.bench.patterns import token_delay_ms
+from abi_tui.backends.mock_patterns import token_delay_ms
 from abi_tui.bench.records import RequestRecord
 
 PERCENTILES = (50, 90, 95, 99)

@@ -1,16 +1,20 @@
-"""A fast GGUF header reader and file check.
+"""The one GGUF reader: metadata, tensor table and a check that every tensor lies in the file.
 
 gguf.GGUFReader builds a numpy view per array element: on gemma-3's 262k-token vocabulary it
-takes seconds. Validation before a hot swap and model listings need milliseconds, so this reads
-the header with struct over one buffer, skipping large arrays, and uses the gguf package's own
-constants for types and quantization block sizes.
+takes seconds. Validation before a hot swap, the Models pane and `abi model` read many files and
+need milliseconds, so this walks the header with struct over a memory map, keeps short arrays,
+reports long ones (vocabularies, merges, scores) by length only, and takes the format's
+constants (magic, value types, quantization block sizes) from the gguf package.
+`gguf_info.read_summary` builds the models' summary from what this returns.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,11 @@ _SCALARS = {
     GGUFValueType.FLOAT32: "f", GGUFValueType.BOOL: "?", GGUFValueType.UINT64: "Q",
     GGUFValueType.INT64: "q", GGUFValueType.FLOAT64: "d",
 }
-MAX_KEPT_ARRAY = 64  # longer arrays (vocabularies, merges) are reported by length only
+# Longer arrays are reported as {"array_length": n}. Strings: vocabularies and merges are long,
+# nothing a summary needs is. Numbers: per-layer values (head counts) are kept, per-token ones
+# (scores, token types) are not.
+MAX_KEPT_STRINGS = 64
+MAX_KEPT_NUMBERS = 4096
 
 
 @dataclass
@@ -32,8 +40,19 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]
     type: int
-    offset: int
+    offset: int  # from the start of the data section
     n_bytes: int
+
+    @property
+    def n_elements(self) -> int:
+        elements = 1
+        for dim in self.shape:
+            elements *= dim
+        return elements
+
+    @property
+    def type_name(self) -> str:
+        return GGMLQuantizationType(self.type).name
 
 
 @dataclass
@@ -53,65 +72,80 @@ class GGUFHeader:
         return self.metadata.get(f"{self.architecture}.{key}", default)
 
 
-class _Buffer:
-    def __init__(self, handle, size: int) -> None:
-        self.handle, self.size = handle, size
-        self.data = b""
-        self.base = 0  # file offset of data[0]
-        self.pos = 0   # file offset
+def array_length(value: Any) -> int | None:
+    """The length of an array value, kept or not; None for a scalar."""
+    if isinstance(value, list):
+        return len(value)
+    if isinstance(value, dict):
+        return value.get("array_length")
+    return None
 
-    def need(self, n: int) -> None:
-        end = self.pos + n
-        if end > self.size:
-            raise EOFError
-        if end > self.base + len(self.data):
-            self.handle.seek(self.pos)
-            self.data = self.handle.read(max(n, 4 << 20))
-            self.base = self.pos
+
+@cache
+def _struct(fmt: str) -> struct.Struct:
+    return struct.Struct(fmt)
+
+
+class _Cursor:
+    """A position in the mapped file; running past its end raises EOFError (truncated)."""
+
+    def __init__(self, data: mmap.mmap, endian: str) -> None:
+        self.data, self.size, self.endian = data, len(data), endian
+        self.pos = 0
 
     def unpack(self, fmt: str) -> tuple:
-        n = struct.calcsize("<" + fmt)
-        self.need(n)
-        values = struct.unpack_from("<" + fmt, self.data, self.pos - self.base)
-        self.pos += n
+        layout = _struct(self.endian + fmt)
+        if self.pos + layout.size > self.size:
+            raise EOFError
+        values = layout.unpack_from(self.data, self.pos)
+        self.pos += layout.size
         return values
 
     def string(self) -> str:
         (n,) = self.unpack("Q")
         if n > 1 << 24:
             raise ValueError(f"string of {n} bytes in the header")
-        self.need(n)
-        start = self.pos - self.base
-        self.pos += n
-        return self.data[start:start + n].decode("utf-8", errors="replace")
+        self.skip(n)
+        return self.data[self.pos - n:self.pos].decode("utf-8", errors="replace")
 
     def skip(self, n: int) -> None:
         if self.pos + n > self.size:
             raise EOFError
         self.pos += n
 
-
-def _value(buf: _Buffer, kind: int) -> Any:
-    if kind == GGUFValueType.STRING:
-        return buf.string()
-    if kind == GGUFValueType.ARRAY:
-        item_kind, count = buf.unpack("IQ")
-        if count <= MAX_KEPT_ARRAY:
-            return [_value(buf, item_kind) for _ in range(count)]
-        if item_kind == GGUFValueType.STRING:
+    def skip_strings(self, count: int) -> None:
+        # The hot loop of a 262k-token vocabulary: one unpack per string, nothing else.
+        unpack, data, pos = _struct(self.endian + "Q").unpack_from, self.data, self.pos
+        try:
             for _ in range(count):
-                (n,) = buf.unpack("Q")
-                buf.skip(n)
-        elif item_kind in _SCALARS:
-            buf.skip(struct.calcsize("<" + _SCALARS[GGUFValueType(item_kind)]) * count)
+                pos += 8 + unpack(data, pos)[0]
+        except struct.error:
+            raise EOFError from None
+        self.skip(pos - self.pos)
+
+
+def _value(cur: _Cursor, kind: int) -> Any:
+    if kind == GGUFValueType.STRING:
+        return cur.string()
+    if kind == GGUFValueType.ARRAY:
+        item_kind, count = cur.unpack("IQ")
+        scalar = _SCALARS.get(GGUFValueType(item_kind))
+        if scalar is not None and count <= MAX_KEPT_NUMBERS:
+            return list(cur.unpack(f"{count}{scalar}"))
+        if count <= MAX_KEPT_STRINGS:
+            return [_value(cur, item_kind) for _ in range(count)]
+        if scalar is not None:
+            cur.skip(_struct("<" + scalar).size * count)
+        elif item_kind == GGUFValueType.STRING:
+            cur.skip_strings(count)
         else:
             for _ in range(count):
-                _value(buf, item_kind)
+                _value(cur, item_kind)
         return {"array_length": count}
     fmt = _SCALARS.get(GGUFValueType(kind))
     if fmt is None:
         raise ValueError(f"unknown value type {kind}")
-    return buf.unpack(fmt)[0]
+    return cur.unpack(fmt)[0]
 
 
 def tensor_bytes(kind: int, shape: tuple[int, ...]) -> int:
@@ -122,44 +156,54 @@ def tensor_bytes(kind: int, shape: tuple[int, ...]) -> int:
     return elements // block * size
 
 
+def _parse(path: Path, data: mmap.mmap) -> GGUFHeader:
+    size = len(data)
+    magic, version = _struct("<II").unpack_from(data, 0)
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"{path.name} is not a GGUF model file (bad magic bytes)")
+    endian = "<"
+    if version & 0xFFFF == 0:  # a big-endian file (the magic is bytes, the version is not)
+        endian, version = ">", _struct(">I").unpack_from(data, 4)[0]
+    if version not in (2, 3):
+        raise ModelLoadError(f"{path.name}: unsupported GGUF version {version}")
+    cur = _Cursor(data, endian)
+    cur.pos = 8
+    n_tensors, n_kv = cur.unpack("QQ")
+    header = GGUFHeader(path=path, version=version, file_size=size)
+    for _ in range(n_kv):
+        key = cur.string()
+        (kind,) = cur.unpack("I")
+        header.metadata[key] = _value(cur, kind)
+    for _ in range(n_tensors):
+        name = cur.string()
+        (n_dims,) = cur.unpack("I")
+        shape = cur.unpack("Q" * n_dims)
+        kind, offset = cur.unpack("IQ")
+        header.tensors.append(TensorInfo(name, tuple(shape), kind, offset, tensor_bytes(kind, shape)))
+    alignment = int(header.metadata.get("general.alignment", 32))
+    header.data_start = (cur.pos + alignment - 1) // alignment * alignment
+    return header
+
+
 def read_header(path: str | os.PathLike) -> GGUFHeader:
     """Read a GGUF's metadata and tensor table and check every tensor lies inside the file.
 
     Raises ModelLoadError, naming the file and what is wrong, for anything else.
     """
     path = Path(path)
+    size = 0
     try:
         size = path.stat().st_size
-        with path.open("rb") as handle:
-            buf = _Buffer(handle, size)
-            try:
-                magic, version = buf.unpack("II")
-            except EOFError:
-                raise ModelLoadError(f"{path.name} is not a GGUF model file (only {size} bytes)") from None
-            if magic != GGUF_MAGIC:
-                raise ModelLoadError(f"{path.name} is not a GGUF model file (bad magic bytes)")
-            if version not in (2, 3):
-                raise ModelLoadError(f"{path.name}: unsupported GGUF version {version}")
-            n_tensors, n_kv = buf.unpack("QQ")
-            header = GGUFHeader(path=path, version=version, file_size=size)
-            for _ in range(n_kv):
-                key = buf.string()
-                (kind,) = buf.unpack("I")
-                header.metadata[key] = _value(buf, kind)
-            for _ in range(n_tensors):
-                name = buf.string()
-                (n_dims,) = buf.unpack("I")
-                shape = buf.unpack("Q" * n_dims)
-                kind, offset = buf.unpack("IQ")
-                header.tensors.append(TensorInfo(name, tuple(shape), kind, offset, tensor_bytes(kind, shape)))
+        if size < 8:
+            raise ModelLoadError(f"{path.name} is not a GGUF model file (only {size} bytes)")
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            header = _parse(path, data)
     except EOFError:
         raise ModelLoadError(f"{path.name} is truncated: its header ends past the end of the file ({size} bytes)") from None
     except (ValueError, KeyError, struct.error) as exc:
         raise ModelLoadError(f"{path.name} has a corrupt GGUF header: {exc}") from None
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
-    alignment = int(header.metadata.get("general.alignment", 32))
-    header.data_start = (buf.pos + alignment - 1) // alignment * alignment
     for tensor in header.tensors:
         end = header.data_start + tensor.offset + tensor.n_bytes
         if end > size:

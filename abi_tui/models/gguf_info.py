@@ -1,80 +1,15 @@
-"""GGUF summary (architecture, parameters, quantization, context, layers, ...) read with the
-`gguf` package, and the memory estimate = weights + KV cache at n_ctx."""
+"""GGUF summary (architecture, parameters, quantization, context, layers, ...) built from the
+header that `gguf_header.read_header` reads, and the memory estimate = weights + KV cache at
+n_ctx."""
 
 from __future__ import annotations
 
-import struct
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from abi_tui.errors import ModelLoadError
-
-GGUF_MAGIC = b"GGUF"
-
-
-def is_gguf_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == GGUF_MAGIC
-    except OSError:
-        return False
-
-
-def _reader_class():
-    import gguf
-    import numpy as np
-
-    class SummaryReader(gguf.GGUFReader):
-        """gguf's reader, minus the per-element parsing of arrays.
-
-        The stock reader builds one numpy view per vocabulary entry (about 10 s for a 262k-token
-        vocabulary); a summary needs scalars, so scalar arrays are read as one view and string
-        arrays are only walked over.
-        """
-
-        def _get_field_parts(self, orig_offs: int, raw_type: int):  # type: ignore[override]
-            if gguf.GGUFValueType(raw_type) != gguf.GGUFValueType.ARRAY:
-                return super()._get_field_parts(orig_offs, raw_type)
-            offs = orig_offs
-            raw_itype = self._get(offs, np.uint32)
-            alen = self._get(offs + 4, np.uint64)
-            offs += 12
-            itype = gguf.GGUFValueType(int(raw_itype[0]))
-            count = int(alen[0])
-            nptype = self.gguf_scalar_to_np.get(itype)
-            if nptype is not None:
-                data = self._get(offs, nptype, count)
-                return offs + int(data.nbytes) - orig_offs, [raw_itype, alen, data], [2], [gguf.GGUFValueType.ARRAY, itype]
-            if itype == gguf.GGUFValueType.STRING:
-                view = memoryview(self.data)
-                fmt = ">Q" if self.byte_order == "S" else "<Q"
-                end = offs
-                for _ in range(count):
-                    end += 8 + struct.unpack_from(fmt, view, end)[0]
-                raw = self._get(offs, np.uint8, end - offs)
-                return end - orig_offs, [raw_itype, alen, raw], [], [gguf.GGUFValueType.ARRAY, itype]
-            return super()._get_field_parts(orig_offs, raw_type)
-
-    return SummaryReader
-
-
-def _value(reader: Any, key: str) -> Any:
-    import gguf
-
-    found = reader.fields.get(key)
-    if found is None:
-        return None
-    kind = found.types[0]
-    if kind == gguf.GGUFValueType.STRING:
-        return bytes(found.parts[-1]).decode("utf-8", errors="replace")
-    if kind == gguf.GGUFValueType.ARRAY:
-        if len(found.types) > 1 and found.types[1] == gguf.GGUFValueType.STRING:
-            return int(found.parts[-2][0])  # only the length is kept
-        return found.parts[-1].tolist()
-    return found.parts[-1][0].item()
-
+from abi_tui.models.gguf_header import GGUFHeader, array_length, read_header
 
 # llama.cpp's encoder-only architectures: they compute embeddings and cannot chat.
 EMBEDDING_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3",
@@ -122,13 +57,13 @@ class GGUFSummary:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _file_type_name(value: int | None) -> str | None:
-    import gguf
+def _file_type_name(value: Any) -> str | None:
+    from gguf.constants import LlamaFileType
 
-    if value is None:
+    if not isinstance(value, int):
         return None
     try:
-        name = gguf.LlamaFileType(int(value) & ~int(gguf.LlamaFileType.GUESSED)).name
+        name = LlamaFileType(value & ~int(LlamaFileType.GUESSED)).name
     except ValueError:
         return None
     return name.removeprefix("MOSTLY_").replace("ALL_", "")
@@ -139,62 +74,53 @@ def read_summary(paths: list[Path] | Path) -> GGUFSummary:
     all). Raises ModelLoadError for a file that is not a GGUF or whose tensors run past its end.
     Blocking: call it in a thread from async code."""
     files = [paths] if isinstance(paths, Path) else list(paths)
-    reader_cls = _reader_class()
     summary = GGUFSummary(split_count=len(files))
     type_bytes: Counter[str] = Counter()
     params = 0
     for index, path in enumerate(files):
-        try:
-            reader = reader_cls(path)
-        except (ValueError, KeyError, IndexError, OSError, struct.error) as exc:
-            raise ModelLoadError(f"{path} is not a readable GGUF file: {exc}") from None
-        size = path.stat().st_size
-        for tensor in reader.tensors:
-            end = int(tensor.data_offset) + int(tensor.n_bytes)
-            if end > size:
-                raise ModelLoadError(f"{path} is truncated: tensor {tensor.name} ends at byte {end}, the file has {size}")
-            params += int(tensor.n_elements)
-            summary.weights_bytes += int(tensor.n_bytes)
-            type_bytes[tensor.tensor_type.name] += int(tensor.n_bytes)
-        summary.tensors += len(reader.tensors)
+        header = read_header(path)
+        for tensor in header.tensors:
+            params += tensor.n_elements
+            summary.weights_bytes += tensor.n_bytes
+            type_bytes[tensor.type_name] += tensor.n_bytes
+        summary.tensors += len(header.tensors)
         if index == 0:
-            _fill_metadata(summary, reader)
-        del reader
+            _fill_metadata(summary, header)
     summary.parameters = params or None
     if summary.quantization is None and type_bytes:
         summary.quantization = type_bytes.most_common(1)[0][0]
     return summary
 
 
-def _fill_metadata(summary: GGUFSummary, reader: Any) -> None:
-    arch = _value(reader, "general.architecture")
+def _fill_metadata(summary: GGUFSummary, header: GGUFHeader) -> None:
+    meta = header.metadata
+    arch = meta.get("general.architecture")
     summary.architecture = arch
-    summary.name = _value(reader, "general.name")
-    summary.size_label = _value(reader, "general.size_label")
-    summary.quantization = _file_type_name(_value(reader, "general.file_type"))
-    summary.chat_template = reader.fields.get("tokenizer.chat_template") is not None
-    vocab = _value(reader, "tokenizer.ggml.tokens")
-    summary.vocab_size = vocab if isinstance(vocab, int) else None
-    split = _value(reader, "split.count")
+    summary.name = meta.get("general.name")
+    summary.size_label = meta.get("general.size_label")
+    summary.quantization = _file_type_name(meta.get("general.file_type"))
+    summary.chat_template = "tokenizer.chat_template" in meta
+    summary.vocab_size = array_length(meta.get("tokenizer.ggml.tokens"))
+    split = meta.get("split.count")
     if isinstance(split, int) and split > 1:
         summary.split_count = split
     if not arch:
         return
-    summary.context_length = _value(reader, f"{arch}.context_length")
-    summary.layers = _value(reader, f"{arch}.block_count")
-    summary.embedding_size = _value(reader, f"{arch}.embedding_length")
-    heads = _value(reader, f"{arch}.attention.head_count")
-    kv_heads = _value(reader, f"{arch}.attention.head_count_kv")
+    summary.context_length = meta.get(f"{arch}.context_length")
+    summary.layers = meta.get(f"{arch}.block_count")
+    summary.embedding_size = meta.get(f"{arch}.embedding_length")
+    heads = meta.get(f"{arch}.attention.head_count")
+    kv_heads = meta.get(f"{arch}.attention.head_count_kv")
     summary.head_count = max(heads) if isinstance(heads, list) else heads
     if isinstance(kv_heads, list):
         summary.kv_heads_per_layer = [int(h) for h in kv_heads]
         summary.head_count_kv = max(kv_heads) if kv_heads else None
     else:
         summary.head_count_kv = kv_heads if kv_heads is not None else summary.head_count
-    summary.key_length = _value(reader, f"{arch}.attention.key_length")
-    summary.value_length = _value(reader, f"{arch}.attention.value_length")
-    summary.sliding_window = _value(reader, f"{arch}.attention.sliding_window")
-    pooling = _value(reader, f"{arch}.pooling_type")
+    summary.key_length = meta.get(f"{arch}.attention.key_length")
+    summary.value_length = meta.get(f"{arch}.attention.value_length")
+    summary.sliding_window = meta.get(f"{arch}.attention.sliding_window")
+    pooling = meta.get(f"{arch}.pooling_type")
     summary.pooling_type = int(pooling) if isinstance(pooling, int) else None
 
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, ClassVar
 from textual.containers import Container
 
 from abi_tui.client import AbiClient, ServerEvent
-from abi_tui.widgets.format import Formatter
-from abi_tui.widgets.link import LinkStatus
+from abi_tui.connection import LinkStatus
+from abi_tui.formatting import Formatter
 
 if TYPE_CHECKING:
     from abi_tui.app import AbiApp

@@ -33,10 +33,10 @@ from textual.timer import Timer
 from textual.widgets import Button, DataTable, Input, Label, Select, Static, TabbedContent, TabPane
 
 from abi_tui.bench.presets import PATTERN_ALIASES, PRESETS
+from abi_tui.connection import LinkStatus
 from abi_tui.screens.base import Pane
 from abi_tui.widgets.bench_live import LiveRun
 from abi_tui.widgets.bench_summary import summary_renderable
-from abi_tui.widgets.link import LinkStatus
 
 if TYPE_CHECKING:
     from abi_tui.bench.results import BenchResult, MetricDelta, RunSummary

@@ -30,6 +30,7 @@ from textual.widgets import Input, OptionList, Select, Static, TextArea
 from textual.widgets.option_list import Option
 
 from abi_tui.client import ChatMessage, ClientError, ConversationInfo, PersonaChatStream
+from abi_tui.connection import LinkStatus
 from abi_tui.screens.base import Pane
 from abi_tui.widgets.chat_view import (
     AnswerMessage,
@@ -39,7 +40,6 @@ from abi_tui.widgets.chat_view import (
     UserMessage,
     persona_look,
 )
-from abi_tui.widgets.link import LinkStatus
 from abi_tui.widgets.memory_list import MemoryList
 
 PERSONA_CHOICES: tuple[tuple[str, str], ...] = (("Auto", "auto"), ("Abi", "abi"), ("Abbey", "abbey"),

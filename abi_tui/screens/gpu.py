@@ -30,9 +30,9 @@ from textual.events import Resize
 from textual.widgets import DataTable, Static
 
 from abi_tui.client import CONNECTION_OPEN, ClientError, ServerEvent
+from abi_tui.connection import LinkStatus
+from abi_tui.formatting import human_bytes
 from abi_tui.screens.base import Pane
-from abi_tui.widgets.format import human_bytes
-from abi_tui.widgets.link import LinkStatus
 
 if TYPE_CHECKING:
     from abi_tui.telemetry.schema import GpuRecord, GpuStatus, HostRecord

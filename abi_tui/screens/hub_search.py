@@ -14,7 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
 
 from abi_tui.client import ClientError
-from abi_tui.widgets.format import human_bytes, human_count
+from abi_tui.formatting import human_bytes, human_count
 
 if TYPE_CHECKING:
     from abi_tui.app import AbiApp

@@ -17,10 +17,10 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Static
 
 from abi_tui.client import ClientError, DownloadProgress, ModelEntry, ServerEvent
+from abi_tui.connection import LinkStatus
+from abi_tui.formatting import human_bytes, human_count, human_ctx
 from abi_tui.screens.base import Pane
 from abi_tui.widgets.download_row import DownloadRow
-from abi_tui.widgets.format import human_bytes, human_count, human_ctx
-from abi_tui.widgets.link import LinkStatus
 
 COLUMNS = ("Name", "Quant", "Size", "Params", "Ctx", "Source", "Loaded")
 EMBEDDING_MARK = "(embedding)"  # after the name of a model that computes embeddings, not chat

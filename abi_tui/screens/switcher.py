@@ -20,7 +20,7 @@ from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from abi_tui.client import ClientError, ModelEntry
-from abi_tui.widgets.format import human_bytes
+from abi_tui.formatting import human_bytes
 
 if TYPE_CHECKING:
     from abi_tui.app import AbiApp

@@ -29,7 +29,7 @@ from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownStream
 
 from abi_tui.client import ChatMessage
-from abi_tui.widgets.format import Formatter
+from abi_tui.formatting import Formatter
 
 FRAME_HZ = 10  # measured: 15 Hz cost ~12 % of a core while SmolLM2 streams, 8 Hz ~9 %
 FRAME_S = 1 / FRAME_HZ

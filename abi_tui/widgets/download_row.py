@@ -7,7 +7,7 @@ from textual.widget import Widget
 from textual.widgets import Label, ProgressBar
 
 from abi_tui.client import DownloadProgress
-from abi_tui.widgets.format import Formatter, human_bytes
+from abi_tui.formatting import Formatter, human_bytes
 
 STATE_STYLE = {
     "queued": "$text-muted", "connecting": "$warning", "downloading": "$primary", "stalled": "$warning",

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from textual.content import Content
 from textual.widget import Widget
 
+from abi_tui.formatting import human_bytes
 from abi_tui.telemetry.schema import na
-from abi_tui.widgets.format import human_bytes
 
 if TYPE_CHECKING:
     from abi_tui.telemetry.schema import GpuRecord

@@ -8,8 +8,8 @@ import re
 from textual.content import Content
 from textual.widgets import Static
 
-from abi_tui.widgets.format import Formatter
-from abi_tui.widgets.link import LinkStatus
+from abi_tui.connection import LinkStatus
+from abi_tui.formatting import Formatter
 
 STATE_STYLE = {
     "ready": "$success", "loading": "$warning", "no model": "$text-muted", "error": "$error",

@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
-from abi_tui.widgets.format import Formatter
+from abi_tui.formatting import Formatter
 
 
 class MemoryList(OptionList):

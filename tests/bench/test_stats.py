@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from abi_tui.bench.patterns import token_delay_ms
+from abi_tui.backends.mock_patterns import token_delay_ms
 from abi_tui.bench.records import RequestRecord, ServerTimings
 from abi_tui.bench.stats import (
     MockDelays,
