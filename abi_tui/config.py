@@ -103,9 +103,9 @@ ENDPOINT_POLICY_KEYS = ("connect_timeout_s", "first_token_timeout_s", "between_t
 
 @dataclass
 class EndpointConfig:
-    """One `[endpoints.NAME]` table: a remote provider whose models are `NAME/<model>`.
-    docs/CONFIG.md lists the keys; None means the default (or, for a built-in provider, its
-    environment variables and public URL)."""
+    """One `[endpoints.NAME]` table: a remote provider whose models are `NAME/<model>` (the
+    README's configuration section lists the keys). None means the default: for a built-in
+    provider its environment variables and public URL, for the policy fields RemotePolicy's."""
 
     kind: str | None = None  # openai (default), ollama, anthropic
     url: str | None = None
