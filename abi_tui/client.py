@@ -447,12 +447,10 @@ class AbiClient:
         async for chunk in response.content.iter_any():
             if sse:
                 texts = [event.data for event in events.feed(chunk)]
-                if "[DONE]" in texts:
-                    texts = texts[:texts.index("[DONE]")] + [None]
             else:
                 texts = [line.decode("utf-8", "replace") for line in lines.feed(chunk)]
             for text in texts:
-                if text is None:
+                if sse and text == "[DONE]":
                     return
                 if text.strip():
                     try:
