@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -20,8 +19,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
+from abi_tui.backoff import Backoff
+from abi_tui.net.sse import LineSplitter, SseDecoder
+
 if TYPE_CHECKING:
     import aiohttp
+
+    from abi_tui.net.http_client import HttpStreams
 
 # Event types the client makes up for the events iterator: the connection's own state.
 CONNECTION_OPEN = "connection.open"
@@ -226,24 +230,6 @@ class StreamEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class Backoff:
-    """Reconnect delays: doubling from `initial` up to `maximum`, with jitter so many
-    dashboards do not hammer a restarting server in step."""
-
-    initial: float = 0.25
-    maximum: float = 5.0
-    jitter: float = 0.2
-    _next: float = 0.0
-
-    def reset(self) -> None:
-        self._next = 0.0
-
-    def next(self) -> float:
-        self._next = self.initial if self._next == 0 else min(self.maximum, self._next * 2)
-        return self._next * (1 + random.uniform(-self.jitter, self.jitter))
-
-
 # --------------------------------------------------------------------------------- parsing
 def error_from_body(status: int, body: Any, fallback: str) -> ClientError:
     """The OpenAI error object (`{"error": {...}}`) as a ClientError."""
@@ -254,37 +240,6 @@ def error_from_body(status: int, body: Any, fallback: str) -> ClientError:
     if isinstance(error, str):
         return ClientError(error, status=status)
     return ClientError(fallback, status=status)
-
-
-class SseParser:
-    """Incremental SSE parser: feed text, get complete events as dicts (comments skipped)."""
-
-    def __init__(self) -> None:
-        self._buffer = ""
-        self._event: dict[str, str] = {}
-        self._data: list[str] = []
-
-    def feed(self, text: str) -> list[dict[str, str]]:
-        self._buffer += text
-        events = []
-        while True:
-            newline = self._buffer.find("\n")
-            if newline < 0:
-                return events
-            line, self._buffer = self._buffer[:newline].rstrip("\r"), self._buffer[newline + 1:]
-            if not line:
-                if self._data:
-                    events.append({**self._event, "data": "\n".join(self._data)})
-                self._event, self._data = {}, []
-            elif line.startswith(":"):
-                continue
-            else:
-                name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if name == "data":
-                    self._data.append(value)
-                elif name in ("event", "id", "retry"):
-                    self._event[name] = value
 
 
 def connection_reason(exc: BaseException) -> str:
@@ -325,7 +280,7 @@ class AbiClient:
         self.token = token
         self.admin_token = admin_token or token
         self.timeout_s = timeout_s
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HttpStreams | None = None
 
     # -- plumbing -------------------------------------------------------------------------
     def _headers(self, admin: bool = False) -> dict[str, str]:
@@ -333,16 +288,23 @@ class AbiClient:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        import aiohttp  # deferred: `abi dash` paints its first frame before it needs the network
-        if self._session is None or self._session.closed:
+    def http(self) -> HttpStreams:
+        if self._http is None:
+            import aiohttp  # deferred: `abi dash` paints its first frame before it needs the network
+
+            from abi_tui.net.http_client import HttpStreams
             # No total timeout: streams (events, pulls, chat) are long; each call sets its own.
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
-        return self._session
+            self._http = HttpStreams(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        return self._http
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session under `http` (WebSockets)."""
+        return self.http.session
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.close()
 
     async def __aenter__(self) -> AbiClient:
         return self
@@ -359,7 +321,7 @@ class AbiClient:
         import aiohttp  # deferred: `abi dash` paints its first frame before it needs the network
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
         try:
-            async with self.session.request(method, self.url + path, json=json_body, timeout=timeout,
+            async with await self.http.open(method, self.url + path, json=json_body, timeout=timeout,
                                             headers=self._headers(admin)) as response:
                 try:
                     body = await response.json(content_type=None)
@@ -393,8 +355,8 @@ class AbiClient:
         """GET a text (not JSON) resource; errors arrive as the usual OpenAI error objects."""
         import aiohttp  # deferred: `abi dash` paints its first frame before it needs the network
         try:
-            async with self.session.get(self.url + path, headers=self._headers(),
-                                        timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as response:
+            async with await self.http.open("GET", self.url + path, headers=self._headers(),
+                                            timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as response:
                 text = await response.text()
                 if response.status >= 400:
                     try:
@@ -446,8 +408,9 @@ class AbiClient:
         if sha256:
             payload["sha256"] = sha256
         try:
-            async with self.session.post(self.url + "/api/models/pull", json=payload, headers=self._headers(),
-                                         timeout=aiohttp.ClientTimeout(total=None, sock_read=120)) as response:
+            async with await self.http.open("POST", self.url + "/api/models/pull", json=payload,
+                                            headers=self._headers(),
+                                            timeout=aiohttp.ClientTimeout(total=None, sock_read=120)) as response:
                 if response.status >= 400:
                     try:
                         body = await response.json(content_type=None)
@@ -479,27 +442,19 @@ class AbiClient:
     async def _json_stream(self, response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
         """JSON objects from an SSE (`data:` lines) or NDJSON body, whichever the server sent."""
         sse = "text/event-stream" in response.headers.get("Content-Type", "")
-        parser = SseParser()
-        pending = ""
+        events = SseDecoder()
+        lines = LineSplitter()
         async for chunk in response.content.iter_any():
-            text = chunk.decode("utf-8", errors="replace")
             if sse:
-                for event in parser.feed(text):
-                    if event["data"] == "[DONE]":
-                        return
+                texts = [event.data for event in events.feed(chunk)]
+            else:
+                texts = [line.decode("utf-8", "replace") for line in lines.feed(chunk)]
+            for text in texts:
+                if sse and text == "[DONE]":
+                    return
+                if text.strip():
                     try:
-                        item = json.loads(event["data"])
-                    except ValueError:
-                        continue
-                    if isinstance(item, dict):
-                        yield item
-                continue
-            pending += text
-            *lines, pending = pending.split("\n")
-            for line in lines:
-                if line.strip():
-                    try:
-                        item = json.loads(line)
+                        item = json.loads(text)
                     except ValueError:
                         continue
                     if isinstance(item, dict):
@@ -554,8 +509,8 @@ class AbiClient:
             query = "" if since is None else f"?since={since}"
             error: str | None = None
             try:
-                async with self.session.get(self.url + "/api/events" + query, headers=self._headers(),
-                                            timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as response:
+                async with await self.http.open("GET", self.url + "/api/events" + query, headers=self._headers(),
+                                                timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as response:
                     if response.status >= 400:
                         try:
                             body = await response.json(content_type=None)
@@ -564,18 +519,18 @@ class AbiClient:
                         raise error_from_body(response.status, body, f"/api/events: {response.status}")
                     backoff.reset()
                     yield ServerEvent(CONNECTION_OPEN, {"url": self.url})
-                    parser = SseParser()
+                    decoder = SseDecoder()
                     live = False
                     async for chunk in response.content.iter_any():
-                        for frame in parser.feed(chunk.decode("utf-8", errors="replace")):
-                            kind = frame.get("event", "message")
+                        for frame in decoder.feed(chunk):
+                            kind = frame.type
                             if kind == "hello":
                                 live = True
                                 continue
                             if skip is not None and skip(kind):
                                 continue
                             try:
-                                item = json.loads(frame["data"])
+                                item = json.loads(frame.data)
                             except ValueError:
                                 continue
                             if not isinstance(item, dict):
@@ -691,8 +646,8 @@ class AbiClient:
         then {added, model}; a failure raises ClientError."""
         import aiohttp  # deferred: `abi dash` paints its first frame before it needs the network
         try:
-            async with self.session.post(self.url + "/api/v1/memory/reembed", headers=self._headers(),
-                                         timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as response:
+            async with await self.http.open("POST", self.url + "/api/v1/memory/reembed", headers=self._headers(),
+                                            timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as response:
                 if response.status >= 400:
                     try:
                         body = await response.json(content_type=None)
@@ -732,8 +687,8 @@ class ChatStream:
                                                            heartbeat=30.0)
                 await self._ws.send_str(json.dumps({"type": "request", **self.body}))
             else:
-                self._response = await client.session.post(client.url + "/api/stream", json=self.body,
-                                                           headers=client._headers())
+                self._response = await client.http.open("POST", client.url + "/api/stream", json=self.body,
+                                                        headers=client._headers())
                 if self._response.status >= 400:
                     try:
                         body = await self._response.json(content_type=None)
@@ -785,13 +740,13 @@ class ChatStream:
     async def _sse_events(self) -> AsyncIterator[StreamEvent]:
         import aiohttp  # deferred: `abi dash` paints its first frame before it needs the network
         assert self._response is not None
-        parser = SseParser()
+        decoder = SseDecoder()
         try:
             async for chunk in self._response.content.iter_any():
-                for frame in parser.feed(chunk.decode("utf-8", errors="replace")):
-                    kind = frame.get("event", "").removeprefix("abi.")
+                for frame in decoder.feed(chunk):
+                    kind = (frame.event or "").removeprefix("abi.")
                     try:
-                        data = json.loads(frame["data"])
+                        data = json.loads(frame.data)
                     except ValueError:
                         continue
                     yield StreamEvent(kind, data.get("request_id", self.request_id),
@@ -905,8 +860,8 @@ class PersonaChatStream(ChatStream):
         import aiohttp  # deferred: `abi dash` paints its first frame before it needs the network
         client = self.client
         try:
-            self._response = await client.session.post(client.url + self.path, json=self.body,
-                                                       headers=client._headers())
+            self._response = await client.http.open("POST", client.url + self.path, json=self.body,
+                                                    headers=client._headers())
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise client._unreachable(exc) from None
         if self._response.status >= 400:

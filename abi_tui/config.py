@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_PORT = 8420
 
@@ -90,6 +91,41 @@ class VectorStoreConfig:
     threshold: float = 0.35
 
 
+# The remote providers every server knows (`openai/`, `ollama/`, `anthropic/` model ids); an
+# `[endpoints.NAME]` table of one of these names tunes the built-in one.
+ENDPOINT_KINDS = ("openai", "ollama", "anthropic")
+# Model-id prefixes the engine resolves before remote endpoints, so no endpoint may take them.
+RESERVED_ENDPOINT_NAMES = ("mock", "default", "auto", "abi", "abbey", "aviva")
+# The fields of backends.remote.policy.RemotePolicy a table may set (unset: its defaults).
+ENDPOINT_POLICY_KEYS = ("connect_timeout_s", "first_token_timeout_s", "between_tokens_timeout_s", "retries",
+                        "retry_backoff_s", "retry_backoff_max_s", "breaker_failures", "breaker_open_s")
+
+
+@dataclass
+class EndpointConfig:
+    """One `[endpoints.NAME]` table: a remote provider whose models are `NAME/<model>` (the
+    README's configuration section lists the keys). None means the default: for a built-in
+    provider its environment variables and public URL, for the policy fields RemotePolicy's."""
+
+    kind: str | None = None  # openai (default), ollama, anthropic
+    url: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int | None = None  # default: server.max_streams
+    list_models: bool = True
+    connect_timeout_s: float | None = None
+    first_token_timeout_s: float | None = None
+    between_tokens_timeout_s: float | None = None
+    retries: int | None = None
+    retry_backoff_s: float | None = None
+    retry_backoff_max_s: float | None = None
+    breaker_failures: int | None = None
+    breaker_open_s: float | None = None
+
+    def policy_values(self) -> dict[str, Any]:
+        """The policy fields this table sets."""
+        return {key: getattr(self, key) for key in ENDPOINT_POLICY_KEYS if getattr(self, key) is not None}
+
+
 @dataclass
 class Settings:
     home: Path
@@ -98,9 +134,9 @@ class Settings:
     ui: UiConfig = field(default_factory=UiConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     vector_store: VectorStoreConfig = field(default_factory=VectorStoreConfig)
-    # Free-form tables: binding id -> key, and named OpenAI-compatible endpoints.
+    # Binding id -> key (a free-form table), and the remote endpoints by name.
     keys: dict[str, str] = field(default_factory=dict)
-    endpoints: dict[str, dict[str, str]] = field(default_factory=dict)
+    endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
 
     @property
     def config_path(self) -> Path:
@@ -233,6 +269,58 @@ def _syntax_error(path: Path, text: str, error: tomllib.TOMLDecodeError) -> Conf
     return ConfigError(f"{path}: {where}{key}: {reason}")
 
 
+def _where(path: Path | str, text: str, section: str, key: str | None) -> str:
+    """`<file>: line N, key section.key`: where every configuration error points."""
+    if key is None:
+        line = _line_of_header(text, section)
+        return f"{path}: line {line or '?'}, key {section}"
+    return f"{path}: line {_line_of(text, section, key) or '?'}, key {section}.{key}"
+
+
+def _line_of_header(text: str, section: str) -> int | None:
+    for number, line in enumerate(text.splitlines(), 1):
+        header = re.match(r"\s*\[\s*([^\]]+?)\s*\]", line)
+        if header and header.group(1) == section:
+            return number
+    return _line_of(text, section.rsplit(".", 1)[0], section.rsplit(".", 1)[-1]) if "." in section else None
+
+
+def endpoint_config(name: str, table: Any, where: Any = None) -> EndpointConfig:
+    """One `[endpoints.NAME]` table, checked: ConfigError at `where(key)` (`where(None)`: the
+    table itself) for an unknown key, a wrong type or value, a reserved name, a missing url."""
+    if where is None:
+        where = lambda key: f"config.toml [endpoints.{name}]" + (f".{key}" if key else "")  # noqa: E731
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where(None)}: expected a table with url = \"...\"")
+    if "/" in name or not name:
+        raise ConfigError(f"{where(None)}: an endpoint name cannot contain '/'")
+    if name in RESERVED_ENDPOINT_NAMES:
+        raise ConfigError(f"{where(None)}: '{name}/...' model ids are taken; choose another endpoint name")
+    names = [f.name for f in dataclasses.fields(EndpointConfig)]
+    config = EndpointConfig()
+    for key, value in table.items():
+        if key not in names:
+            raise ConfigError(f"{where(key)}: unknown key (known: {', '.join(sorted(names))})")
+        value = coerce(value, _field_type(EndpointConfig, key), where(key))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            low = 1 if key in ("max_concurrency", "breaker_failures") else 0
+            if value < low:
+                raise ConfigError(f"{where(key)}: expected a number >= {low}, got {value!r}")
+        setattr(config, key, value)
+    if name in ENDPOINT_KINDS:  # a built-in provider, tuned
+        if config.kind not in (None, name):
+            raise ConfigError(f"{where('kind')}: the built-in {name} endpoint is of kind {name!r}")
+    elif config.kind not in (None, *ENDPOINT_KINDS):
+        raise ConfigError(f"{where('kind')}: expected one of {', '.join(ENDPOINT_KINDS)}, got {config.kind!r}")
+    if config.url is not None or name not in ENDPOINT_KINDS:
+        if not config.url:
+            raise ConfigError(f"{where(None)}: url is missing (for example url = \"http://127.0.0.1:8080/v1\")")
+        parts = urlsplit(config.url if "://" in config.url or config.kind != "ollama" else f"http://{config.url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{where('url')}: expected an http:// or https:// URL, got {config.url!r}")
+    return config
+
+
 def read_config_file(path: Path) -> tuple[dict[str, Any], str]:
     if not path.exists():
         return {}, ""
@@ -260,7 +348,12 @@ def load_settings(
         if section in FREE_TABLES:
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: line {_line_of(text, '', section)}, key {section}: expected a table")
-            setattr(settings, section, table)
+            if section == "endpoints":
+                settings.endpoints = {
+                    name: endpoint_config(name, value, lambda key, name=name: _where(path, text, f"endpoints.{name}", key))
+                    for name, value in table.items()}
+            else:
+                settings.keys = table
             continue
         cls = SECTIONS.get(section)
         if cls is None or not isinstance(table, dict):
@@ -269,7 +362,7 @@ def load_settings(
         target = getattr(settings, section)
         names = {f.name for f in dataclasses.fields(cls)}
         for key, value in table.items():
-            where = f"{path}: line {_line_of(text, section, key) or '?'}, key {section}.{key}"
+            where = _where(path, text, section, key)
             if key not in names:
                 raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
             setattr(target, key, checked(f"{section}.{key}", coerce(value, _field_type(cls, key), where), where))
@@ -289,37 +382,32 @@ def load_settings(
 
 
 def save_setting(settings: Settings, dotted: str, value: Any) -> None:
-    """Persist one setting in config.toml, keeping the rest of the file as written."""
+    """Persist one setting in config.toml through tomlkit, which keeps the rest of the file as
+    written: comments, blank lines, key order, quoting. A file that does not parse is left
+    alone (ConfigError, with its line)."""
+    import tomlkit  # deferred: only a save needs it
+    from tomlkit.exceptions import ParseError
+
     section, key = dotted.split(".", 1)
     path = settings.config_path
-    _, text = read_config_file(path)
-    lines = text.splitlines()
-    rendered = f"{key} = {_toml_value(value)}"
-    number = _line_of(text, section, key)
-    if number is not None:
-        lines[number - 1] = rendered
-    else:
-        header = next((i for i, line in enumerate(lines) if re.match(rf"\s*\[\s*{re.escape(section)}\s*\]", line)), None)
-        if header is None:
-            lines += (["", f"[{section}]"] if lines else [f"[{section}]"]) + [rendered]
-        else:
-            lines.insert(header + 1, rendered)
+    _, text = read_config_file(path)  # a file tomllib refuses is reported the usual way
+    try:
+        document = tomlkit.parse(text)
+    except ParseError as exc:
+        raise ConfigError(f"{path}: line {exc.line}: {exc}") from None
+    table = document.get(section)
+    if table is None:
+        table = tomlkit.table()
+        document[section] = table
+    elif not isinstance(table, dict):
+        raise ConfigError(f"{_where(path, text, section, None)}: expected a table")
+    table[key] = list(value) if isinstance(value, tuple) else value
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.write_text(tomlkit.dumps(document), encoding="utf-8")
     os.replace(tmp, path)
     target = getattr(settings, section)
     if isinstance(target, dict):
         target[key] = value
     else:
         setattr(target, key, value)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

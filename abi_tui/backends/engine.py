@@ -20,7 +20,7 @@ from typing import Any
 from abi_tui.backends.base import Backend, CancelFlag, GenerationRequest, Prepared, TokenChannel
 from abi_tui.backends.fixed_reply import FixedReply
 from abi_tui.backends.mock import MockBackend
-from abi_tui.backends.scheduler import Lane, Scheduler, Ticket
+from abi_tui.backends.scheduler import ACTIVE_LANE, Lane, Scheduler, Ticket
 from abi_tui.config import Settings
 from abi_tui.errors import AbiError, InvalidRequest, ModelNotFound, NoModelLoaded, Unavailable
 
@@ -30,7 +30,6 @@ NO_MODEL_MESSAGE = ("no model is loaded: start the server with --model NAME (`ab
                     "cached models), or load one with POST /admin/reload {\"model\": NAME} (m in the "
                     "dashboard); mock/<pattern> names the timing mock")
 PERSONA_IDS = ("auto", "abi", "abbey", "aviva")
-ACTIVE_LANE = "active"
 HEARTBEAT = object()  # yielded by Stream.events() when nothing arrived within the heartbeat period
 
 Publish = Callable[[str, dict[str, Any]], None]

@@ -11,7 +11,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from abi_tui.backends.engine import ACTIVE_LANE
+from abi_tui.backends.scheduler import ACTIVE_LANE
 from abi_tui.errors import AbiError
 from abi_tui.models.gguf_header import read_header
 

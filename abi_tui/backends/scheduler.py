@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 
 from abi_tui.errors import QueueFull
 
+# The lane of the active model (the one requests without a pool model address); the engine
+# admits into it and a hot reload pauses and drains it.
+ACTIVE_LANE = "active"
+
 
 @dataclass(eq=False)
 class Lane:

@@ -293,7 +293,8 @@ async def run_benchmark(config: BenchConfig, on_progress: ProgressCallback | Non
     run = _Run(config, on_progress)
     created = dt.datetime.now(dt.UTC).astimezone()
     embedded: ServerProcess | None = None
-    session = make_session(config.timeout_s)
+    streams = make_session(config.timeout_s)
+    session = streams.session
     transport: Transport | None = None
     recorder: TelemetryRecorder | None = None
     try:
@@ -323,7 +324,7 @@ async def run_benchmark(config: BenchConfig, on_progress: ProgressCallback | Non
                 raise BenchError("the WebSocket transport is abi's protocol; use --transport sse for this server")
             transport = WsTransport(url, session, config.token, config.timeout_s)
         else:
-            transport = SseTransport(url, route, session, config.token, include_usage=kind == "abi")
+            transport = SseTransport(url, route, streams, config.token, include_usage=kind == "abi")
 
         recorder = TelemetryRecorder(run.t0, server_url=url if kind == "abi" else None,
                                      server_is_local=target.is_local, token=config.token,
@@ -410,7 +411,7 @@ async def run_benchmark(config: BenchConfig, on_progress: ProgressCallback | Non
             await recorder.stop(None)
         if transport is not None:
             await transport.close()
-        await session.close()
+        await streams.close()
         if embedded is not None:
             await embedded.stop()
 

@@ -6,8 +6,11 @@
   timings.
 - WebSocket `/api/stream/ws`: abi's multiplexed protocol, up to 4 requests per connection.
 
-They read raw bytes as they arrive (`iter_any`) and stamp each read once, then parse: the time a
-token is counted is the time its bytes reached the client, not the time Python got round to it.
+They read raw bytes as they arrive (`iter_any`) and stamp each read once, then parse (SSE with
+`abi_tui.net.sse`): the time a token is counted is the time its bytes reached the client, not
+the time Python got round to it. Requests go through `abi_tui.net.http_client`, which sends a
+request again, once, when the kept-alive connection it went out on had been closed by the
+server (llama-server closes idle connections right after a response).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from abi_tui.bench.records import RequestRecord, RequestSpec, ServerTimings, now
+from abi_tui.net.http_client import HttpStreams
+from abi_tui.net.sse import SseDecoder
 
 ROUTES = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "abi": "/api/stream"}
 WS_PATH = "/api/stream/ws"
@@ -43,11 +48,9 @@ def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def make_session(timeout_s: float) -> aiohttp.ClientSession:
-    # No connection cap: the load generator decides how many requests are in flight.
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=timeout_s)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout)
+def make_session(timeout_s: float) -> HttpStreams:
+    """The run's HTTP layer; no connection cap: the load generator decides what is in flight."""
+    return HttpStreams(timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=timeout_s))
 
 
 def error_text(status: int | None, body: str) -> str:
@@ -67,48 +70,17 @@ def error_text(status: int | None, body: str) -> str:
     return f"{status} {text}" if status else text
 
 
-class SseEvents:
-    """Incremental SSE parser: feed bytes, get (event, data) pairs; comments are dropped.
-
-    CRLF is folded to LF first (sse-starlette servers such as llama_cpp.server send CRLF).
-    """
-
-    def __init__(self) -> None:
-        self._buffer = b""
-
-    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
-        self._buffer = (self._buffer + chunk).replace(b"\r\n", b"\n")
-        events = []
-        while True:
-            block, sep, rest = self._buffer.partition(b"\n\n")
-            if not sep:
-                return events
-            self._buffer = rest
-            event, data = "message", []
-            for line in block.decode("utf-8", "replace").split("\n"):
-                if not line or line.startswith(":"):
-                    continue
-                name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if name == "data":
-                    data.append(value)
-                elif name == "event":
-                    event = value
-            if data:
-                events.append((event, "\n".join(data)))
-
-
 class SseTransport:
     """SSE over one of ROUTES; each request is one HTTP POST on a kept-alive connection."""
 
-    def __init__(self, base_url: str, route: str, session: aiohttp.ClientSession,
+    def __init__(self, base_url: str, route: str, streams: HttpStreams,
                  token: str | None = None, include_usage: bool = False) -> None:
         if route not in ROUTES:
             raise ValueError(f"unknown route {route!r} (known: {', '.join(ROUTES)})")
         self.name = f"sse:{route}"
         self.route = route
         self.url = base_url.rstrip("/") + ROUTES[route]
-        self.session = session
+        self.streams = streams
         self.headers = {"Content-Type": "application/json", **auth_headers(token)}
         # stream_options is OpenAI's, and some servers refuse fields they do not know.
         self.include_usage = include_usage
@@ -130,10 +102,10 @@ class SseTransport:
 
     async def send(self, spec: RequestSpec, record: RequestRecord) -> None:
         payload = json.dumps(self.body(spec)).encode()
-        parser = SseEvents()
+        decoder = SseDecoder()
         record.sent_at = now()
         try:
-            async with self.session.post(self.url, data=payload, headers=self.headers) as response:
+            async with await self.streams.open("POST", self.url, data=payload, headers=self.headers) as response:
                 record.status = response.status
                 if response.status != 200:
                     record.error = error_text(response.status, await response.text())
@@ -142,8 +114,8 @@ class SseTransport:
                 async for chunk in response.content.iter_any():
                     arrived = now()
                     record.bytes_received += len(chunk)
-                    for event, data in parser.feed(chunk):
-                        if self._handle(event, data, arrived, record):
+                    for event in decoder.feed(chunk):
+                        if self._handle(event.type, event.data, arrived, record):
                             record.ended_at = arrived
                             # Read to EOF so the kept-alive connection goes back to the pool:
                             # a half-read response would be closed and the next request would

@@ -24,7 +24,6 @@ import errno
 import json
 import math
 import os
-import random
 import re
 import shutil
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 import aiohttp
 
+from abi_tui.backoff import Backoff, retry_after_s
 from abi_tui.models.errors import ChecksumMismatch, DownloadFailed, InsufficientSpace
 from abi_tui.models.filelock import FileLock
 from abi_tui.models.hashing import PrefixHasher, sha256_file
@@ -61,6 +61,10 @@ class DownloadOptions:
     free_space_margin: int = 32 * MiB
     write_block: int = 1 * MiB
     state_save_interval_s: float = 1.0
+
+    def backoff(self) -> Backoff:
+        """Between attempts at a range: doubling from backoff_base_s up to backoff_max_s, +-50%."""
+        return Backoff(initial=self.backoff_base_s, maximum=self.backoff_max_s, jitter=0.5)
 
 
 @dataclass
@@ -169,13 +173,6 @@ def _content_range(value: str | None) -> tuple[int | None, int | None, int | Non
     end = int(match.group(2)) if match.group(2) else None
     total = int(match.group(3)) if match.group(3) != "*" else None
     return start, end, total
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 class FileDownload:
@@ -520,9 +517,7 @@ class FileDownload:
                 self._set(DownloadState.STALLED, f"{error}; reconnecting")
                 if failures == 1:
                     continue  # the stall itself was the wait
-            delay = min(self.options.backoff_max_s, self.options.backoff_base_s * 2 ** (failures - 1))
-            delay = max(delay * random.uniform(0.5, 1.5), error.retry_after or 0.0)
-            delay = min(delay, self.options.backoff_max_s)
+            delay = self.options.backoff().delay(failures, error.retry_after)
             self._set(DownloadState.CONNECTING, f"{error}; retry {failures} in {delay:.1f} s")
             await asyncio.sleep(delay)
 
@@ -566,7 +561,7 @@ class FileDownload:
                 return
             raise _RestartFromZero(f"the server refused the range ({status})")
         if status in (408, 425, 429) or status >= 500:
-            raise _Retryable(f"the server answered {status}", retry_after=_retry_after(resp.headers.get("Retry-After")))
+            raise _Retryable(f"the server answered {status}", retry_after=retry_after_s(resp.headers))
         if status in (401, 403):
             raise DownloadFailed(f"{self.dest.name}: access denied ({status}); for gated or private hub repos set HF_TOKEN",
                                  status=status)

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from abi_tui.models import quants
 from abi_tui.models.errors import HubError, InvalidRequest, ModelNotFound, OfflineMode
-from abi_tui.models.spec import ModelSpec
+from abi_tui.models.spec import ModelSpec, hub_endpoint
 
 SearchSort = Literal["downloads", "likes", "updated"]
 T = TypeVar("T")
@@ -64,12 +64,6 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def hub_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
 def is_offline() -> bool:

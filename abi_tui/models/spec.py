@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,13 +114,18 @@ def _hub_spec(rest: str, text: str) -> ModelSpec | None:
     return None
 
 
+def hub_endpoint() -> str:
+    """The hub's base URL (HF_ENDPOINT, read per call; huggingface_hub reads it once at import)."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
 def _url_spec(text: str, endpoint: str | None) -> ModelSpec:
     parts = urlsplit(text)
     if not parts.netloc:
         raise InvalidRequest(f"bad URL {text!r}", param="model")
     if endpoint is None:
-        from abi_tui.models.hub import hub_endpoint
-
         endpoint = hub_endpoint()
     hub = urlsplit(endpoint)
     base_path = hub.path.rstrip("/")

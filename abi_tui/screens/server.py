@@ -3,7 +3,8 @@ counters, request log and event log.
 
 The server has no route for its request log, so the log here is built from /metrics: each
 poll adds a line per route and status whose `abi_requests_total` grew (count since the last
-poll). The dashboard's own polling routes are left out.
+poll; the first poll, and the first after a server restart, count from the server's start). The
+dashboard's own polling routes are left out.
 """
 
 from __future__ import annotations
@@ -170,12 +171,14 @@ class ServerPane(Pane):
         requests = {(labels.get("route", "?"), labels.get("status", "?")): value
                     for labels, value in samples.get("abi_requests_total", [])}
         if self.counters is not None and any(v < self.counters.get(k, 0) for k, v in requests.items()):
-            self.counters = None  # counters went back: a restarted server; start a new baseline
-        if self.counters is not None:
-            for (route, status), value in sorted(requests.items()):
-                grown = value - self.counters.get((route, status), 0)
-                if grown > 0 and route not in POLLED_ROUTES:
-                    self.log_request(route, status, int(grown))
+            self.counters = None  # counters went back: a restarted server
+        # The first read (and the first after a restart) logs everything the server counted since
+        # it started: requests made before the pane was first shown belong in the log too.
+        before = self.counters or {}
+        for (route, status), value in sorted(requests.items()):
+            grown = value - before.get((route, status), 0)
+            if grown > 0 and route not in POLLED_ROUTES:
+                self.log_request(route, status, int(grown))
         self.counters = requests
 
         def total(name: str) -> float:

@@ -24,7 +24,7 @@ def attach_services(state: ServerState) -> None:
     state.services["remember_model"] = remember_model
 
     # Remote backends: openai/, ollama/, anthropic/ and configured endpoints.
-    from abi_tui.backends.remote import register_remote_backends
+    from abi_tui.backends.remote.registry import register_remote_backends
 
     remote = register_remote_backends(state.engine, settings)
     state.services["remote"] = remote

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from abi_tui.backoff import Backoff
 from abi_tui.telemetry.schema import GpuProcess, GpuRecord, GpuState, GpuStatus
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,6 @@ class NvmlReader:
         self._model_names = model_names
         self._process_name = process_name or _psutil_process_name
         self._names: dict[int, str | None] = {}
-        self._retry_initial_s = retry_initial_s
-        self._retry_max_s = retry_max_s
         self._no_driver_retry_s = no_driver_retry_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -136,7 +135,7 @@ class NvmlReader:
         self._reason: str | None = "NVML not read yet"
         self._hint: str | None = None
         self._retry_at: float | None = None
-        self._backoff = retry_initial_s
+        self._backoff = Backoff(initial=retry_initial_s, maximum=retry_max_s, jitter=0.0)
         self._last: tuple[float, GpuStatus] | None = None
         self._model_cache: list[str] | None = None
 
@@ -206,7 +205,7 @@ class NvmlReader:
         if count == 0:
             version = f" (driver {self._driver_version})" if self._driver_version else ""
             self._set("no_gpu", f"NVML found no NVIDIA GPU{version}", HINTS["no_gpu"])
-            self._backoff = self._retry_initial_s
+            self._backoff.reset()
             return self._status(now)
         if len(self._devices) != count:
             self._devices = [_Device(index=i) for i in range(count)]
@@ -230,7 +229,7 @@ class NvmlReader:
             self._fail(now, "; ".join(failures), driver_down=False)
             return self._status(now, records)
         self._set("ok", None, None)
-        self._backoff = self._retry_initial_s
+        self._backoff.reset()
         return self._status(now, records)
 
     def _init(self, now: float) -> bool:
@@ -271,8 +270,7 @@ class NvmlReader:
         if driver_down:
             self._shutdown()
         if self._retry_at is None:
-            self._retry_at = now + self._backoff
-            self._backoff = min(self._backoff * 2, self._retry_max_s)
+            self._retry_at = now + self._backoff.next()
 
     def _set(self, state: GpuState, reason: str | None, hint: str | None) -> None:
         self._state, self._reason, self._hint = state, reason, hint

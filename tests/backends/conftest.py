@@ -49,7 +49,7 @@ class Remote:
 
 @pytest.fixture(autouse=True)
 def fresh_model_cache() -> Iterator[None]:
-    from abi_tui.backends.remote import clear_model_cache
+    from abi_tui.backends.remote.listing import clear_model_cache
 
     clear_model_cache()
     yield

@@ -8,7 +8,7 @@ import time
 import aiohttp
 from fakes.providers import FakeOpenAI, Script
 
-from abi_tui.backends.remote import LIST_TIMEOUT_S
+from abi_tui.backends.remote.listing import LIST_TIMEOUT_S
 
 
 async def model_ids(url: str) -> tuple[list[dict], float]:

@@ -14,15 +14,16 @@ from abi_tui.bench.embedded import BenchError
 from abi_tui.bench.loadgen import LoadSpec
 from abi_tui.bench.records import RequestRecord, RequestSpec
 from abi_tui.bench.runner import BenchConfig, run_benchmark
-from abi_tui.bench.transports import SseEvents, SseTransport, make_session, ws_url
+from abi_tui.bench.transports import SseTransport, make_session, ws_url
+from abi_tui.net.sse import SseDecoder
 
 
 def test_sse_parser_handles_crlf_split_chunks_and_comments() -> None:
-    parser = SseEvents()
+    parser = SseDecoder()
     stream = b": ping\r\n\r\nevent: abi.token\r\ndata: {\"text\":\"a\"}\r\n\r\ndata: line1\ndata: line2\n\ndata: [DONE]\r\n\r\n"
     events = []
     for i in range(0, len(stream), 7):  # 7-byte reads split lines and CRLF pairs
-        events += parser.feed(stream[i:i + 7])
+        events += [(e.type, e.data) for e in parser.feed(stream[i:i + 7])]
     assert events == [("abi.token", '{"text":"a"}'), ("message", "line1\nline2"), ("message", "[DONE]")]
 
 
@@ -115,8 +116,8 @@ async def test_unknown_model_fails_in_warmup_with_the_servers_reason(foreign_ser
 
 async def test_error_event_mid_stream_is_an_error(foreign_server) -> None:
     url, _ = foreign_server
-    async with make_session(10) as session:
-        transport = SseTransport(url, "chat", session)
+    async with make_session(10) as streams:
+        transport = SseTransport(url, "chat", streams)
         record = RequestRecord(index=0, max_tokens=5)
         await transport.send(RequestSpec(0, "fake-model", "break", 5), record)
     assert record.error == "stream: internal: decode failed"

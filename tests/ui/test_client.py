@@ -13,8 +13,8 @@ from abi_tui.client import (
     Backoff,
     ClientError,
     ServerUnreachable,
-    SseParser,
 )
+from abi_tui.net.sse import SseDecoder, SseEvent
 
 from .conftest import free_port
 
@@ -122,8 +122,8 @@ async def test_chat_stream(app_server, transport):
         assert tokens < 50 and last is not None and last.type in ("cancelled", "end")
 
 
-def test_sse_parser_handles_split_frames():
-    parser = SseParser()
-    assert parser.feed("event: a\nda") == []
-    assert parser.feed("ta: {\"x\": 1}\n\n: heartbeat\n\ndata: 2\n") == [{"event": "a", "data": '{"x": 1}'}]
-    assert parser.feed("\n") == [{"data": "2"}]
+def test_sse_decoder_handles_split_frames():
+    decoder = SseDecoder()
+    assert decoder.feed(b"event: a\nda") == []
+    assert decoder.feed(b"ta: {\"x\": 1}\n\n: heartbeat\n\ndata: 2\n") == [SseEvent('{"x": 1}', "a")]
+    assert decoder.feed(b"\n") == [SseEvent("2")]

@@ -13,13 +13,15 @@ from collections.abc import Callable
 from typing import Any
 
 from abi_tui.backends.base import GenerationRequest, Usage
-from abi_tui.backends.remote import Delta, RemoteBackend, UpstreamCall, UpstreamError, stream_error
+from abi_tui.backends.remote.backend import Delta, RemoteBackend, UpstreamCall
+from abi_tui.backends.remote.errors import UpstreamError, stream_error
 
 FINISH = {"stop": "stop", "length": "length"}
 
 
 class OllamaBackend(RemoteBackend):
     kind = "ollama"
+    framing = "lines"
 
     def headers(self) -> dict[str, str]:
         key = self.endpoint.api_key()  # Ollama has no keys; a proxy in front of it may

@@ -13,15 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from abi_tui.backends.base import GenerationRequest, Usage
-from abi_tui.backends.remote import (
-    Delta,
-    RemoteBackend,
-    SseParser,
-    UpstreamCall,
-    UpstreamError,
-    stream_error,
-)
+from abi_tui.backends.remote.backend import Delta, RemoteBackend, UpstreamCall
+from abi_tui.backends.remote.errors import UpstreamError, stream_error
 from abi_tui.errors import InvalidRequest
+from abi_tui.net.sse import SseEvent
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -71,16 +66,14 @@ class AnthropicBackend(RemoteBackend):
             body["stop_sequences"] = params.stop
         return UpstreamCall("/v1/messages", body)
 
-    def parse(self, call: UpstreamCall) -> Callable[[bytes], list[Delta]]:
-        sse = SseParser()
+    def parse(self, call: UpstreamCall) -> Callable[[SseEvent], list[Delta]]:
         name = self.endpoint.name
         usage = Usage()
 
-        def parse_line(line: bytes) -> list[Delta]:
-            event = sse.feed(line)
-            if event is None or not event[1].strip():
+        def parse_event(event: SseEvent) -> list[Delta]:
+            if not event.data.strip():
                 return []
-            kind, data = event
+            kind, data = event.event, event.data
             try:
                 payload = json.loads(data)
             except ValueError:
@@ -114,7 +107,7 @@ class AnthropicBackend(RemoteBackend):
                 return [Delta(done=True, usage=Usage(usage.prompt_tokens, usage.completion_tokens))]
             return []  # ping, content_block_start, content_block_stop, and events added later
 
-        return parse_line
+        return parse_event
 
 
 def _count_input(usage: Usage, reported: dict[str, Any]) -> None:

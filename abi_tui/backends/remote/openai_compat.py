@@ -15,14 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from abi_tui.backends.base import GenerationRequest, Usage
-from abi_tui.backends.remote import (
-    Delta,
-    RemoteBackend,
-    SseParser,
-    UpstreamCall,
-    UpstreamError,
-    stream_error,
-)
+from abi_tui.backends.remote.backend import Delta, RemoteBackend, UpstreamCall
+from abi_tui.backends.remote.errors import UpstreamError, stream_error
+from abi_tui.net.sse import SseEvent
 
 
 class OpenAICompatBackend(RemoteBackend):
@@ -74,16 +69,12 @@ class OpenAICompatBackend(RemoteBackend):
                 body["repeat_penalty"] = params.repeat_penalty
         return UpstreamCall(path, body)
 
-    def parse(self, call: UpstreamCall) -> Callable[[bytes], list[Delta]]:
-        sse = SseParser()
+    def parse(self, call: UpstreamCall) -> Callable[[SseEvent], list[Delta]]:
         chat = call.path == "/chat/completions"
         name = self.endpoint.name
 
-        def parse_line(line: bytes) -> list[Delta]:
-            event = sse.feed(line)
-            if event is None:
-                return []
-            data = event[1].strip()
+        def parse_event(event: SseEvent) -> list[Delta]:
+            data = event.data.strip()
             if data == "[DONE]":
                 return [Delta(done=True)]
             if not data:
@@ -119,4 +110,4 @@ class OpenAICompatBackend(RemoteBackend):
                 delta.usage = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
             return [delta]
 
-        return parse_line
+        return parse_event
