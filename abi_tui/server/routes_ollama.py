@@ -50,6 +50,8 @@ NOT_SERVED = {
     "/api/copy": "abi names models by their files",
 }
 KEEP_ALIVE = "ollama_keep_alive"
+# Backends that follow a schema's grammar; "fixed" is a persona's refusal, which is its own text.
+GRAMMAR_BACKENDS = ("llama", "fixed")
 
 
 class ModelInUse(AbiError):
@@ -345,6 +347,10 @@ async def _generate(request: web.Request, body: dict[str, Any], name: str,
     opened_at = time.perf_counter()
     # The persona hook reads which sampling options the client set (a persona's own apply otherwise).
     stream, _ = await open_stream_for(state, generation, {"persona": None, **sampling.given})
+    if sampling.params.grammar and stream.backend.kind not in GRAMMAR_BACKENDS:
+        stream.cancel()
+        raise InvalidRequest(f"'format' as a JSON schema needs a local llama.cpp model; {stream.model} is "
+                             f"a {stream.backend.kind} model (\"json\" works there as on /v1)", param="format")
     lines = Lines(name, opened_at, field)
     try:
         if streaming:

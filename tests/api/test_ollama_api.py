@@ -200,6 +200,8 @@ def test_errors_are_ollamas_shape_and_the_server_keeps_serving(server, client):
         ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "format": "xml"}, "format"),
         ({"model": "tiny", "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}, "images"),
         ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "think": True}, "think"),
+        ({"model": "mock/constant_rate", "messages": [{"role": "user", "content": "x"}],
+          "format": {"type": "object"}}, "local llama.cpp model"),
     ]
     for body, needle in cases:
         response = post(server, "/api/chat", body)
