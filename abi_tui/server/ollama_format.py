@@ -29,7 +29,10 @@ IGNORED_OPTIONS = frozenset({
 })
 # Options with one value that means "off": any other value is a 400 (abi cannot honour it).
 OFF_ONLY = {"mirostat": (0,), "typical_p": (1.0, 0.0)}
+SECONDS = re.compile(r"[-+]?[0-9]*\.?[0-9]+")  # a bare number in a string: seconds, as Ollama reads it
 GO_DURATION = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
+# Longer than this is "never unload" (a timer or a timestamp that far out would overflow).
+FOREVER_S = 10 * 365 * 86400.0
 DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -52,6 +55,12 @@ def model_name(body: dict[str, Any]) -> str:
     return name
 
 
+def check_object(body: dict[str, Any], key: str) -> None:
+    """A field abi reads nothing from (embedding `options`) is still checked for its type."""
+    if body.get(key) is not None and not isinstance(body[key], dict):
+        raise InvalidRequest(f"'{key}' must be an object", param=key)
+
+
 def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
     value = body.get(key)
     if value is None:
@@ -59,6 +68,11 @@ def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise InvalidRequest(f"'{key}' must be true or false", param=key)
     return value
+
+
+def flag(body: dict[str, Any], key: str) -> bool:
+    """An optional true/false field (false when absent)."""
+    return _flag(body, key, False)
 
 
 def stream_flag(body: dict[str, Any]) -> bool:
@@ -75,18 +89,27 @@ def _text(body: dict[str, Any], key: str) -> str:
     return value
 
 
+def _none_or_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and not value)
+
+
+def _is_off(value: Any, off: tuple[Any, ...]) -> bool:
+    """`value in off` without Python's False == 0 (JSON tells them apart)."""
+    return any(value is o if isinstance(o, bool) or o is None else
+               (type(value) is type(o) and value == o) for o in off)
+
+
 def refuse_unsupported(body: dict[str, Any]) -> None:
     """Features abi cannot serve, each a 400 saying so (their empty or off values pass)."""
-    if body.get("tools"):
+    if not _none_or_empty(body.get("tools")):
         raise InvalidRequest("'tools' is not supported: abi's generation path has no tool calling yet; "
                              "send the request without tools", param="tools")
-    think = body.get("think")
-    if think not in (None, False):
+    if not _is_off(body.get("think"), (None, False)):
         raise InvalidRequest("'think' is not supported: abi's models have no thinking mode; "
                              "leave it out or send false", param="think")
-    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") not in (None, 0):
+    if not _is_off(body.get("logprobs"), (None, False)) or not _is_off(body.get("top_logprobs"), (None, 0)):
         raise InvalidRequest("'logprobs' is not supported on abi's Ollama API", param="logprobs")
-    if body.get("images"):
+    if not _none_or_empty(body.get("images")):
         raise InvalidRequest("'images' is not supported: abi serves text models", param="images")
 
 
@@ -97,7 +120,7 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, str]] | None:
         return None
     if isinstance(value, list):
         for i, message in enumerate(value):
-            if isinstance(message, dict) and message.get("images"):
+            if isinstance(message, dict) and not _none_or_empty(message.get("images")):
                 raise InvalidRequest(f"messages[{i}].images: images are not supported: abi serves text models",
                                      param=f"messages[{i}].images")
     return parse_messages(value)
@@ -122,7 +145,7 @@ def generate_input(body: dict[str, Any]) -> GenerateInput:
             raise InvalidRequest(f"'{key}' is not supported: abi uses the model's own chat template",
                                  param=key)
     context = body.get("context")
-    if context not in (None, []):
+    if not _none_or_empty(context):
         raise InvalidRequest("'context' is not supported (abi returns none): send the conversation to "
                              "/api/chat as messages", param="context")
     raw = _flag(body, "raw", False)
@@ -161,8 +184,6 @@ def _stop(options: dict[str, Any]) -> list[str]:
     value = options.get("stop")
     if value is None:
         return []
-    if isinstance(value, str):
-        value = [value]
     if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value) or len(value) > 16:
         raise InvalidRequest("'options.stop' must be a list of at most 16 non-empty strings",
                              param="options.stop")
@@ -255,14 +276,12 @@ def keep_alive_seconds(value: Any) -> float | None:
     if not math.isfinite(seconds):
         raise InvalidRequest("'keep_alive' must be finite (a negative value keeps the model loaded)",
                              param="keep_alive")
-    return math.inf if seconds < 0 else seconds
+    return math.inf if seconds < 0 or seconds > FOREVER_S else seconds
 
 
 def _duration(text: str) -> float:
-    try:
-        return float(text)  # Ollama reads a bare number as seconds
-    except ValueError:
-        pass
+    if SECONDS.fullmatch(text):
+        return float(text)
     sign = -1.0 if text.startswith("-") else 1.0
     body = text.lstrip("+-")
     parts = GO_DURATION.findall(body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from abi_tui.server.openapi import BOOLEAN, INTEGER, NULL, NUMBER, OBJECT, STRING, _json
+from abi_tui.server.openapi import BOOLEAN, INTEGER, MESSAGE, NULL, NUMBER, OBJECT, STRING, _json
 
 ERROR = {"$ref": "#/components/schemas/OllamaError"}
 SCHEMAS = {"OllamaError": {"type": "object", "required": ["error"], "properties": {"error": STRING}}}
@@ -26,19 +26,20 @@ OPTIONS = {"type": "object", "description": "Sampling options; load-time options
     "seed": _opt(INTEGER),
     "num_predict": _opt({"anyOf": [{"type": "integer", "minimum": 1}, {"enum": [-1, -2]}]}),
     "stop": _opt({"type": "array", "maxItems": 16, "items": {"type": "string", "minLength": 1}}),
+    # num_ctx, num_thread and the other load-time options: any value, ignored.
     "repeat_penalty": _opt({"type": "number", "exclusiveMinimum": 0, "maximum": 10}),
     "presence_penalty": _opt({"type": "number", "minimum": -2, "maximum": 2}),
     "frequency_penalty": _opt({"type": "number", "minimum": -2, "maximum": 2}),
-    "mirostat": _opt({"const": 0}), "typical_p": _opt({"enum": [0, 1]}),
-    "num_ctx": _opt(INTEGER)}}
-KEEP_ALIVE = _opt({"anyOf": [NUMBER, {"type": "string", "pattern": "^-?([0-9]*\\.?[0-9]+(ns|us|ms|s|m|h))+$"}]})
+    "mirostat": _opt({"const": 0}), "typical_p": _opt({"enum": [0, 1]})}}
+KEEP_ALIVE = _opt({"anyOf": [NUMBER, {"type": "string", "pattern":
+                                     "^[-+]?([0-9]*\\.?[0-9]+|([0-9]*\\.?[0-9]+(ns|us|µs|ms|s|m|h))+)$"}]})
 FORMAT = _opt({"anyOf": [{"enum": ["", "json"]}, {"type": "object", "description": "A JSON schema the answer follows"}]})
 COMMON = {"model": {"type": "string", "minLength": 1, "pattern": "\\S"}, "stream": _opt(BOOLEAN),
           "format": FORMAT, "options": _opt(OPTIONS), "keep_alive": KEEP_ALIVE, "think": OFF,
           "logprobs": OFF, "top_logprobs": {"enum": [None, 0]}}
-MESSAGE = {"type": "object", "required": ["role", "content"], "properties": {
-    "role": {"type": "string", "enum": ["system", "user", "assistant"]}, "content": STRING,
-    "images": NONE_OR_EMPTY, "tool_calls": NONE_OR_EMPTY}}
+# abi's chat message (server/openapi.py), which may also carry Ollama's "images", empty.
+MESSAGES = {"type": "array", "items": {"oneOf": [
+    {**branch, "properties": {**branch["properties"], "images": NONE_OR_EMPTY}} for branch in MESSAGE["oneOf"]]}}
 DETAILS = {"type": "object", "properties": {"format": STRING, "family": STRING, "parameter_size": STRING,
                                             "quantization_level": STRING}}
 MODEL = {"type": "object", "required": ["name", "model", "modified_at", "size", "digest", "details"],
@@ -85,7 +86,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "Chat (Ollama API): NDJSON stream unless stream is false; no messages loads or (keep_alive 0) unloads",
         errors=GENERATION_ERRORS, ok=CHAT_LINE, ndjson=CHAT_LINE,
         body={"type": "object", "required": ["model"], "properties": {
-            "messages": _opt({"type": "array", "items": MESSAGE}), "tools": NONE_OR_EMPTY, **COMMON}})},
+            "messages": _opt(MESSAGES), "tools": NONE_OR_EMPTY, **COMMON}})},
     "/api/generate": {"post": _op(
         "Completion (Ollama API): the prompt through the chat template, or as it is with raw",
         errors=GENERATION_ERRORS, ok=GENERATE_LINE, ndjson=GENERATE_LINE,

@@ -222,6 +222,7 @@ async def show(request: web.Request) -> web.Response:
     body = await read_json(request, state.settings.server.max_body_bytes)
     if body.get("model") is None and isinstance(body.get("name"), str):
         body["model"] = body["name"]  # older clients send "name"
+    fmt.flag(body, "verbose")  # long arrays are left out either way
     name, path = state.engine.resolve_path(fmt.strip_latest(fmt.model_name(body)))
 
     def describe() -> dict[str, Any]:
@@ -441,8 +442,12 @@ async def embed(request: web.Request) -> web.Response:
     if len(texts) > 2048:
         raise InvalidRequest("'input' takes at most 2048 strings per request", param="input")
     dimensions = body.get("dimensions")
+    if isinstance(dimensions, float) and dimensions.is_integer():
+        dimensions = int(dimensions)  # JSON's 8.0 is the integer 8
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1):
         raise InvalidRequest("'dimensions' must be a positive integer", param="dimensions")
+    fmt.flag(body, "truncate")  # a text over the context is a 400 either way
+    fmt.check_object(body, "options")
     keep = fmt.keep_alive_seconds(body.get("keep_alive"))
     started = time.perf_counter()
     backend, vectors, tokens = await _embed_texts(state, name, texts)
@@ -464,6 +469,7 @@ async def embeddings(request: web.Request) -> web.Response:
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
         raise InvalidRequest("'prompt' must be a string", param="prompt")
+    fmt.check_object(body, "options")
     keep = fmt.keep_alive_seconds(body.get("keep_alive"))
     backend, vectors, _ = await _embed_texts(state, name, [prompt])
     keep_alive_of(state).after(backend.model_id, keep)
