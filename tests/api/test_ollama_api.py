@@ -274,3 +274,20 @@ def test_gemma_through_the_ollama_client(serve, gemma_model):
                             format=schema, options={"temperature": 0.7, "seed": seed, "num_predict": 120})
         assert reply.done_reason == "stop", reply.message.content
         jsonschema.validate(json.loads(reply.message.content), schema)
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_slot(server):
+    def active() -> int:
+        return httpx.get(f"{server.url}/health", timeout=10).json()["active_streams"]
+
+    body = {"model": "mock/constant_rate?min_ms=50&max_ms=50", "messages": [{"role": "user", "content": "x"}],
+            "options": {"num_predict": 1000}}  # 50 s if nobody stopped it
+    with httpx.stream("POST", f"{server.url}/api/chat", json=body, headers=AUTH, timeout=30) as response:
+        lines = response.iter_lines()  # kept: a dropped iterator closes the response
+        first = json.loads(next(lines))
+        assert first["done"] is False and first["message"]["content"]
+        assert active() == 1
+    deadline = time.monotonic() + 10
+    while active() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert active() == 0
