@@ -417,10 +417,14 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 
 # ----------------------------------------------------------------------------- embeddings
-async def _embed_texts(state: ServerState, name: str, texts: list[str]) -> tuple[Any, list[list[float]], int]:
+async def _embed_texts(state: ServerState, name: str, texts: list[str]
+                       ) -> tuple[Any, list[list[float]], int, float]:
+    """(backend, vectors, prompt tokens, seconds spent finding or loading the model)."""
+    started = time.perf_counter()
     backend = await state.engine.embedding_backend(fmt.strip_latest(name))
+    loaded = time.perf_counter() - started
     vectors, tokens = await asyncio.to_thread(backend.embed, texts)
-    return backend, vectors, tokens
+    return backend, vectors, tokens, loaded
 
 
 def _truncated(vector: list[float], dimensions: int) -> list[float]:
@@ -450,7 +454,7 @@ async def embed(request: web.Request) -> web.Response:
     fmt.check_object(body, "options")
     keep = fmt.keep_alive_seconds(body.get("keep_alive"))
     started = time.perf_counter()
-    backend, vectors, tokens = await _embed_texts(state, name, texts)
+    backend, vectors, tokens, load_s = await _embed_texts(state, name, texts)
     if dimensions is not None:
         if vectors and dimensions > len(vectors[0]):
             raise InvalidRequest(f"'dimensions' is over this model's {len(vectors[0])}", param="dimensions")
@@ -458,7 +462,7 @@ async def embed(request: web.Request) -> web.Response:
     keep_alive_of(state).after(backend.model_id, keep)
     return web.json_response({"model": name, "embeddings": vectors,
                               "total_duration": int((time.perf_counter() - started) * 1e9),
-                              "load_duration": 0, "prompt_eval_count": tokens})
+                              "load_duration": int(load_s * 1e9), "prompt_eval_count": tokens})
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -471,7 +475,7 @@ async def embeddings(request: web.Request) -> web.Response:
         raise InvalidRequest("'prompt' must be a string", param="prompt")
     fmt.check_object(body, "options")
     keep = fmt.keep_alive_seconds(body.get("keep_alive"))
-    backend, vectors, _ = await _embed_texts(state, name, [prompt])
+    backend, vectors, _, _ = await _embed_texts(state, name, [prompt])
     keep_alive_of(state).after(backend.model_id, keep)
     return web.json_response({"embedding": vectors[0]})
 
