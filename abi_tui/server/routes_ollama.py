@@ -369,6 +369,7 @@ async def _load_or_unload(request: web.Request, body: dict[str, Any], name: str,
     `keep_alive` is 0."""
     state = state_of(request)
     keep = fmt.keep_alive_seconds(body.get("keep_alive"))
+    streaming = fmt.stream_flag(body)
     fmt.sampling(body)  # still a 400 for bad options
     engine = state.engine
     spec = fmt.strip_latest(name)
@@ -389,7 +390,7 @@ async def _load_or_unload(request: web.Request, body: dict[str, Any], name: str,
         reason = "load"
     content = {"message": {"role": "assistant", "content": ""}} if field == "message" else {"response": ""}
     answer = {"model": name, "created_at": fmt.now_iso(), **content, "done_reason": reason, "done": True}
-    if fmt.stream_flag(body):
+    if streaming:
         return web.Response(body=dumps(answer).encode() + b"\n", content_type=NDJSON)
     return web.json_response(answer)
 
