@@ -240,6 +240,12 @@ def test_keep_alive_loads_unloads_and_expires(client):
     while "tiny-b" in running() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert "tiny-b" not in running() and "tiny" in running()
+    # keep_alive 0 on a request that generates: unloaded right after the answer.
+    client.chat(model="tiny-b", messages=[{"role": "user", "content": "x"}], keep_alive=0, options={"num_predict": 2})
+    deadline = time.monotonic() + 10
+    while "tiny-b" in running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "tiny-b" not in running()
 
 
 def test_openapi_describes_the_ollama_routes(server):
