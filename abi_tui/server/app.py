@@ -33,6 +33,7 @@ ROUTE_MODULES = (
     "abi_tui.server.routes_personas",
     "abi_tui.server.routes_memory",
     "abi_tui.server.routes_models",
+    "abi_tui.server.routes_ollama",
 )
 
 

@@ -63,7 +63,8 @@ def fuzz_server(tmp_path, monkeypatch, tiny_model):
 
 
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions", "/api/stream", "/api/v1/chat",
-                    "/api/v1/chat/{persona}")
+                    "/api/v1/chat/{persona}", "/api/chat", "/api/generate")
+OLLAMA_PATHS = ("/api/chat", "/api/generate")
 
 
 def _cheap(case: Any) -> None:
@@ -73,10 +74,22 @@ def _cheap(case: Any) -> None:
     loaded, `default` and the personas are a 503 by design (the mock is never a stand-in)."""
     body = case.body
     if isinstance(body, dict):
-        if case.path in GENERATION_PATHS and (body.get("model") is None or isinstance(body.get("model"), str)):
+        # Ollama's routes require a model: a body without one stays without (a negative case).
+        nameless_ok = case.path not in OLLAMA_PATHS
+        if case.path in GENERATION_PATHS and ((nameless_ok and body.get("model") is None)
+                                              or isinstance(body.get("model"), str)):
             body["model"] = "mock/constant_rate?min_ms=0&max_ms=0"
             if isinstance(body.get("persona"), str):
                 del body["persona"]
+        if case.path in OLLAMA_PATHS:
+            # The mock follows no grammar: a JSON-schema format is a 400 on it (local models only).
+            if isinstance(body.get("format"), dict):
+                del body["format"]
+            options = body.get("options")
+            if isinstance(options, dict):
+                value = options.get("num_predict")
+                if value in (-1, -2) or (isinstance(value, int) and not isinstance(value, bool) and value > 6):
+                    options["num_predict"] = 6
         for key in ("max_tokens", "max_completion_tokens"):
             value = body.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 6 \

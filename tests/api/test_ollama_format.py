@@ -1,0 +1,92 @@
+"""Ollama request fields to abi's records (no server): options, keep_alive, format, generate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from abi_tui.errors import InvalidRequest
+from abi_tui.server import ollama_format as fmt
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (None, None), (0, 0.0), ("0", 0.0), (300, 300.0), ("300", 300.0), ("5m", 300.0), ("1h30m", 5400.0),
+    ("1.5s", 1.5), ("250ms", 0.25), (-1, math.inf), ("-1", math.inf), ("-5m", math.inf),
+])
+def test_keep_alive_durations(value, seconds):
+    assert fmt.keep_alive_seconds(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "5 minutes", "m", "", "5x", True, [], {"s": 1}, float("nan")])
+def test_keep_alive_refuses_what_is_not_a_duration(value):
+    with pytest.raises(InvalidRequest) as error:
+        fmt.keep_alive_seconds(value)
+    assert error.value.param == "keep_alive"
+
+
+def test_options_map_to_sampling_with_ollamas_defaults():
+    defaults = fmt.sampling({}).params
+    assert (defaults.temperature, defaults.top_p, defaults.top_k, defaults.repeat_penalty) == (0.8, 0.9, 40, 1.1)
+    assert defaults.max_tokens is None and defaults.stop == [] and not defaults.json_mode
+    mapped = fmt.sampling({"options": {"temperature": 0, "top_k": 5, "seed": 9, "num_predict": 7,
+                                       "stop": ["\n"], "num_ctx": 8192, "num_thread": 3, "mirostat": 0}})
+    params = mapped.params
+    assert (params.temperature, params.top_k, params.seed, params.max_tokens, params.stop) == (0.0, 5, 9, 7, ["\n"])
+    assert params.top_p == 0.9  # not given: Ollama's default
+    assert mapped.given == {"temperature": 0.0, "top_k": 5, "seed": 9}  # what the persona hook must not override
+    assert fmt.sampling({"options": {"num_predict": -1}}).params.max_tokens is None
+    assert fmt.sampling({"options": {"num_predict": -2}}).params.max_tokens is None
+
+
+@pytest.mark.parametrize(("options", "param"), [
+    ({"temperature": "hot"}, "options.temperature"), ({"top_p": 2}, "options.top_p"),
+    ({"top_k": -1}, "options.top_k"), ({"num_predict": 0}, "options.num_predict"),
+    ({"num_predict": -3}, "options.num_predict"), ({"stop": "x" * 0}, "options.stop"),
+    ({"stop": [1]}, "options.stop"), ({"repeat_penalty": 0}, "options.repeat_penalty"),
+    ({"mirostat": 2}, "options.mirostat"), ({"typical_p": 0.5}, "options.typical_p"),
+    ({"seed": 1.5}, "options.seed"),
+])
+def test_bad_options_name_their_field(options, param):
+    with pytest.raises(InvalidRequest) as error:
+        fmt.sampling({"options": options})
+    assert error.value.param == param
+
+
+def test_format_json_schema_and_refusals():
+    assert fmt.sampling({"format": "json"}).params.json_mode
+    schema = fmt.sampling({"format": {"type": "object", "properties": {"a": {"type": "boolean"}}}}).params
+    assert schema.grammar and "root" in schema.grammar and not schema.json_mode
+    for bad in ("xml", 3, ["json"]):
+        with pytest.raises(InvalidRequest, match="format"):
+            fmt.sampling({"format": bad})
+    with pytest.raises(InvalidRequest, match="'maximum' .at properties.a.items"):
+        fmt.sampling({"format": {"type": "object", "properties": {
+            "a": {"type": "array", "items": {"type": "number", "maximum": 3}}}}})
+
+
+def test_generate_prompt_template_raw_and_refusals():
+    templated = fmt.generate_input({"prompt": "hi", "system": "be brief"})
+    assert templated.messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    raw = fmt.generate_input({"prompt": "hi", "system": "ignored in raw mode", "raw": True})
+    assert raw.messages is None and raw.prompt == "hi"
+    assert fmt.generate_input({}).empty and fmt.generate_input({"prompt": ""}).empty
+    for body, param in (({"prompt": "x", "suffix": "y"}, "suffix"), ({"prompt": "x", "template": "{{ .Prompt }}"},
+                                                                     "template"),
+                        ({"prompt": "x", "context": [1, 2]}, "context"), ({"prompt": 3}, "prompt"),
+                        ({"prompt": "x", "raw": "yes"}, "raw")):
+        with pytest.raises(InvalidRequest) as error:
+            fmt.generate_input(body)
+        assert error.value.param == param
+
+
+def test_model_names():
+    assert fmt.strip_latest("tiny:latest") == "tiny"
+    assert fmt.strip_latest("ollama:llama3.2:latest") == "ollama:llama3.2:latest"  # Ollama's own store
+    assert fmt.strip_latest("owner/repo:Q4_K_M") == "owner/repo:Q4_K_M"
+    for body in ({}, {"model": ""}, {"model": "  "}):
+        with pytest.raises(InvalidRequest, match="model is required"):
+            fmt.model_name(body)
+    assert fmt.parameter_size({"size_label": "270M"}) == "270M"
+    assert fmt.parameter_size({"parameters": 268_098_176}) == "268.10M"
+    assert fmt.parameter_size({"parameters": 8_030_261_248}) == "8.03B"
