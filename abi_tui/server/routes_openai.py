@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from abi_tui.backends.engine import Stream
+from abi_tui.backends.tool_calls import ToolCallParser, split_answer
 from abi_tui.errors import AbiError, InvalidRequest
 from abi_tui.server.parse import chat_request, completion_request, read_json, stream_flags
 from abi_tui.server.routes_stream import open_stream_for
@@ -76,9 +77,21 @@ class _ChunkEncoder:
 
 
 class ChatChunks(_ChunkEncoder):
+    """Chat chunks. With tool calls or logprobs asked for, one frame per event instead of per
+    token: the text goes through the tool-call parser, and new logprobs ride on the frame."""
+
     object_name = "chat.completion.chunk"
 
+    def __init__(self, include_usage: bool) -> None:
+        super().__init__(include_usage)
+        self.parser: ToolCallParser | None = None
+        self.logprobs = False
+        self._sent_logprobs = 0
+
     def start(self, stream: Stream) -> bytes:
+        fmt = stream.prepared.tool_format
+        self.parser = ToolCallParser(fmt) if fmt is not None else None
+        self.logprobs = stream.request.params.logprobs
         return self._frame(stream, {"index": 0, "delta": {"role": "assistant", "content": ""},
                                     "logprobs": None, "finish_reason": None})
 
@@ -86,15 +99,79 @@ class ChatChunks(_ChunkEncoder):
         delta = {"content": text} if text is not None else {}
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
+    def tokens(self, stream: Stream, pieces: list[str]) -> bytes:
+        if self.parser is None and not self.logprobs:
+            return super().tokens(stream, pieces)
+        text = "".join(pieces)
+        events = self.parser.feed(text) if self.parser is not None else [("text", text)]
+        return self._event_frames(stream, events)
+
+    def _event_frames(self, stream: Stream, events: list[tuple]) -> bytes:
+        frames = []
+        logprobs = self._new_logprobs(stream)
+        for event in events:
+            if event[0] == "text":
+                if not event[1]:
+                    continue
+                delta: dict[str, Any] = {"content": event[1]}
+            elif event[0] == "call":
+                call = event[1]
+                delta = {"tool_calls": [{"index": call.index, "id": call.id, "type": "function",
+                                         "function": {"name": call.name, "arguments": ""}}]}
+            else:
+                delta = {"tool_calls": [{"index": event[1].index, "function": {"arguments": event[2]}}]}
+            frames.append(self._frame(stream, {"index": 0, "delta": delta, "logprobs": logprobs,
+                                               "finish_reason": None}))
+            logprobs = None
+        if logprobs is not None:  # tokens that brought no text yet (a held-back tag)
+            frames.append(self._frame(stream, {"index": 0, "delta": {}, "logprobs": logprobs,
+                                               "finish_reason": None}))
+        return b"".join(frames)
+
+    def _new_logprobs(self, stream: Stream) -> dict[str, Any] | None:
+        if not self.logprobs:
+            return None
+        entries = stream.channel.extra.get("logprobs") or []
+        new, self._sent_logprobs = entries[self._sent_logprobs:], len(entries)
+        return {"content": new} if new else None
+
+    def end(self, stream: Stream) -> bytes:
+        head = b""
+        if self.parser is not None:
+            head = self._event_frames(stream, self.parser.finish())
+        elif self.logprobs:
+            head = self._event_frames(stream, [])
+        if self.parser is not None and self.parser.calls:
+            out = self._frame(stream, {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"})
+            if self.include_usage:
+                out += self._frame(stream, {}, usage=usage_dict(stream))
+            return head + out + DONE_FRAME
+        return head + super().end(stream)
+
 
 class CompletionChunks(_ChunkEncoder):
     object_name = "text_completion"
+
+    def __init__(self, include_usage: bool) -> None:
+        super().__init__(include_usage)
+        self._sent_logprobs = 0
+        self._offset = 0
 
     def start(self, stream: Stream) -> bytes:
         return b""
 
     def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+    def tokens(self, stream: Stream, pieces: list[str]) -> bytes:
+        if not stream.request.params.logprobs:
+            return super().tokens(stream, pieces)
+        entries = stream.channel.extra.get("logprobs") or []
+        new, self._sent_logprobs = entries[self._sent_logprobs:], len(entries)
+        logprobs = completion_logprobs(new, self._offset)
+        self._offset += sum(len(e["token"]) for e in new)
+        return self._frame(stream, {"index": 0, "text": "".join(pieces), "logprobs": logprobs,
+                                    "finish_reason": None})
 
 
 def usage_dict(stream: Stream) -> dict[str, int]:
@@ -108,6 +185,37 @@ def finish_of(stream: Stream) -> str:
     return stream.finish_reason if stream.finish_reason in ("stop", "length") else "stop"
 
 
+def chat_logprobs(stream: Stream) -> dict[str, Any] | None:
+    if not stream.request.params.logprobs:
+        return None
+    return {"content": list(stream.channel.extra.get("logprobs") or []), "refusal": None}
+
+
+def completion_logprobs(entries: list[dict[str, Any]], offset: int = 0) -> dict[str, Any]:
+    """The legacy completions shape: parallel lists, top alternatives as {token: logprob}."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+            "text_offset": offsets}
+
+
+def chat_message(stream: Stream, text: str) -> tuple[dict[str, Any], str]:
+    """The assistant message and the finish reason of a whole answer."""
+    finish = finish_of(stream)
+    fmt = stream.prepared.tool_format
+    if fmt is None:
+        return {"role": "assistant", "content": text}, finish
+    content, calls = split_answer(text, fmt)
+    if not calls:
+        return {"role": "assistant", "content": content}, finish
+    return {"role": "assistant", "content": content or None,
+            "tool_calls": [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                           for c in calls]}, "tool_calls"
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     data = await read_json(request, state.settings.server.max_body_bytes)
@@ -118,11 +226,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if streaming:
         return await pump_sse(request, stream, ChatChunks(include_usage))
     text = await collect(stream)
+    message, finish = chat_message(stream, text)
     return web.json_response({
         "id": generation.request_id, "object": "chat.completion", "created": int(time.time()),
         "model": stream.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "logprobs": None, "finish_reason": finish_of(stream)}],
+        "choices": [{"index": 0, "message": message, "logprobs": chat_logprobs(stream), "finish_reason": finish}],
         "usage": usage_dict(stream),
         **({"routing": routing} if routing else {}),
     })
@@ -138,10 +246,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if streaming:
         return await pump_sse(request, stream, CompletionChunks(include_usage))
     text = await collect(stream)
+    logprobs = completion_logprobs(stream.channel.extra.get("logprobs") or []) if generation.params.logprobs else None
     return web.json_response({
         "id": generation.request_id, "object": "text_completion", "created": int(time.time()),
         "model": stream.model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_of(stream)}],
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_of(stream)}],
         "usage": usage_dict(stream),
     })
 
