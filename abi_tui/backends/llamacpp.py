@@ -171,6 +171,7 @@ class LlamaBackend:
         self.pins_ready: dict[str, threading.Event] = {}
         self.n_swa = L.llama_model_n_swa(self.model.model)
         self.prompt_tokens_reused = 0
+        self.prompt_tokens_prefilled = 0  # prompt tokens decoded for requests (pins apart)
         self._incoming: deque[Sequence] = deque()
         self._active: list[Sequence] = []
         self.closed = False
@@ -339,6 +340,7 @@ class LlamaBackend:
             "load_ms": round(self.load_ms, 1),
             "tokens_generated": self.tokens_generated,
             "prompt_tokens_reused": self.prompt_tokens_reused,
+            "prompt_tokens_prefilled": self.prompt_tokens_prefilled,
             "prefixes_pinned": {key: len(tokens) for key, (_, tokens) in self._pins.items()},
         }
 
@@ -349,6 +351,8 @@ class LlamaBackend:
     def step(self) -> None:
         """One decode step (on the compute thread): admit waiting sequences, decode, sample."""
         while self._incoming and (self._free_ids or self._incoming[0].pin_key):
+            if self._prefilling_same_prompt(self._incoming[0]):
+                break  # admitted next step, copying the cells being prefilled now
             self._admit(self._incoming.popleft())
         try:
             self._step()
@@ -378,6 +382,13 @@ class LlamaBackend:
             return
         self._active.append(seq)
 
+    def _prefilling_same_prompt(self, seq: Sequence) -> bool:
+        """Whether a running sequence is prefilling the prompt `seq` starts with (the choices of
+        an n > 1 request): waiting one step for it costs less than prefilling it twice."""
+        return seq.pin_key is None and any(
+            other.prefilling and other.pin_key is None and _common_prefix(other.tokens, seq.tokens) >= len(seq.tokens) - 1
+            for other in self._active)
+
     def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
         """A free sequence id and how many prompt tokens its KV cache already holds.
 
@@ -394,8 +405,18 @@ class LlamaBackend:
             common = _common_prefix(tokens, prompt)
             if common > reused:
                 source, reused = key, common
+        running = None  # a generating sequence whose prompt cells this one can share
+        for other in self._active:
+            if other.pin_key is None and not other.prefilling:
+                common = _common_prefix(other.tokens, prompt)
+                if common > reused:
+                    running, source, reused = other, None, common
         memory = self.ctx.memory
-        if source is not None:
+        if running is not None:
+            best = min(self._free_ids, key=lambda i: len(self._slot_tokens.get(i, ())))
+            L.llama_memory_seq_rm(memory, best, -1, -1)
+            L.llama_memory_seq_cp(memory, running.seq_id, best, 0, reused)
+        elif source is not None:
             # Copy the pin into the free sequence whose own cache is worth least.
             best = min(self._free_ids, key=lambda i: len(self._slot_tokens.get(i, ())))
             L.llama_memory_seq_rm(memory, best, -1, -1)
@@ -497,6 +518,8 @@ class LlamaBackend:
                 self._add(token, seq.n_past + j, seq.seq_id, wants_logits and j == len(chunk) - 1)
             seq.prefilled += len(chunk)
             seq.n_past += len(chunk)
+            if seq.pin_key is None:
+                self.prompt_tokens_prefilled += len(chunk)
             budget -= len(chunk)
             if wants_logits:
                 seq.row = batch.n_tokens - 1

@@ -24,7 +24,7 @@ from pydantic import (
 
 from abi_tui.errors import InvalidRequest
 
-MAX_CHOICES = 1  # n: one choice per request
+MAX_CHOICES = 8  # n: the choices decode together, sharing the prompt's cells
 MAX_TOP_LOGPROBS = 20
 MAX_STOPS = 16
 
