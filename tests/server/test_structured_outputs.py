@@ -211,3 +211,28 @@ def test_tool_choice_must_name_an_offered_tool(tiny_server):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], tools=[WEATHER],
                                        tool_choice={"type": "function", "function": {"name": "nope"}})
     assert caught.value.body["param"] == "tool_choice"
+
+
+def test_pydantic_ai_agent_gets_a_validated_output(tiny_server):
+    """pydantic-ai asks for its structured output through a forced `final_result` tool call:
+    the call's grammar makes the arguments validate, so the agent gets its model every time."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    class City(BaseModel):
+        name: str = Field(max_length=12)
+        country: Literal["FR", "DE", "IT"]
+        population: int = Field(ge=0, le=50_000_000)
+
+    model = OpenAIChatModel("tiny", provider=OpenAIProvider(base_url=f"{tiny_server.url}/v1", api_key="unused"))
+    for seed in range(4):
+        agent = Agent(model, output_type=City, model_settings={
+            "max_tokens": 400, "seed": seed, "temperature": 1.0, "parallel_tool_calls": False})
+        result = agent.run_sync("Tell me about Paris")
+        assert isinstance(result.output, City)
+        parts = [type(p).__name__ for m in result.all_messages() for p in m.parts]
+        assert parts == ["UserPromptPart", "ToolCallPart", "ToolReturnPart"], parts  # no retry was needed
