@@ -167,15 +167,17 @@ class CompletionChunks(_ChunkEncoder):
         super().__init__(include_usage, index)
         self._sent_logprobs = 0
         self._offset = 0
+        self.logprobs = False
 
     def start(self, stream: Stream) -> bytes:
+        self.logprobs = stream.request.params.logprobs
         return b""
 
     def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
         return {"index": self.index, "text": text or "", "logprobs": None, "finish_reason": finish}
 
     def tokens(self, stream: Stream, pieces: list[str]) -> bytes:
-        if not stream.request.params.logprobs:
+        if not self.logprobs:
             return super().tokens(stream, pieces)
         entries = stream.channel.extra.get("logprobs") or []
         new, self._sent_logprobs = entries[self._sent_logprobs:], len(entries)
