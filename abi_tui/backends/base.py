@@ -32,17 +32,25 @@ class SamplingParams:
     dry_multiplier: float = 0.0  # DRY repetition penalty (0 = off)
     logit_bias: dict[int, float] = field(default_factory=dict)
     json_mode: bool = False
+    json_schema: dict[str, Any] | None = None  # every answer validates against it (a grammar)
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 @dataclass
 class GenerationRequest:
     model: str | None
-    messages: list[dict[str, str]] | None = None
+    # OpenAI's message dicts: role, content (text), an assistant's tool_calls, a tool's tool_call_id
+    messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = ""
     route: str = ""
     persona: str | None = None  # set when a persona answers (metrics by persona)
+    tools: list[dict[str, Any]] | None = None  # OpenAI's tool definitions ({"type": "function", ...})
+    tool_choice: Any = "none"  # "none" | "auto" | "required" | {"type": "function", "function": {"name"}}
+    parallel_tool_calls: bool = True
+    n: int = 1  # choices; the server opens one stream per choice
 
 
 @dataclass
@@ -53,6 +61,10 @@ class Prepared:
     prompt_tokens: int
     max_tokens: int
     payload: Any = None
+    # The call format the answer is read in when the request offered tools (tool_calls.ToolFormat),
+    # and whether a grammar forces the answer to be calls only.
+    tool_format: Any = None
+    tools_forced: bool = False
 
 
 @dataclass

@@ -14,6 +14,7 @@ import asyncio
 import codecs
 import ctypes
 import logging
+import math
 import os
 import threading
 import time
@@ -23,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as L
+import numpy as np
 from llama_cpp import _internals as internals
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import JSON_GBNF
 
+from abi_tui.backends import tool_calls
 from abi_tui.backends.base import (
     CancelFlag,
     GenerationRequest,
@@ -36,8 +39,10 @@ from abi_tui.backends.base import (
 )
 from abi_tui.backends.chat_templates import TEMPLATES, TURN_ENDS, fallback_format
 from abi_tui.backends.compute import COMPUTE
+from abi_tui.backends.grammar import schema_grammar, tool_call_grammar
 from abi_tui.backends.llama_log import LLAMA_LOG, MemoryReport
 from abi_tui.backends.text import StopMatcher
+from abi_tui.backends.tool_calls import template_handles_tools
 from abi_tui.errors import (
     ContextLengthExceeded,
     GenerationError,
@@ -85,6 +90,8 @@ class Sequence:
     sampler: Any = None
     prefilled: int = 0
     pin_key: str | None = None  # a prefix to keep (pin_prefix), not a request to answer
+    grammar: str | None = None  # GBNF the answer must follow (JSON schema, forced tool calls)
+    logprobs: list[dict[str, Any]] | None = None  # per generated token, when the request asks
     n_past: int = 0
     generated: int = 0
     last_token: int = -1
@@ -151,6 +158,8 @@ class LlamaBackend:
         else:
             self.chat_format = fallback_format(self.header.architecture, self._is_single_token)
             template, self.turn_ends = TEMPLATES[self.chat_format], TURN_ENDS[self.chat_format]
+        self.template = template
+        self.tool_format = tool_calls.detect_format(template)
         self.formatter = Jinja2ChatFormatter(template, eos_token=self._eos_text, bos_token=self._bos_text)
         self._pieces: dict[int, bytes | None] = {}  # token -> text bytes, None for end-of-generation
         self._batch = L.llama_batch_init(options.n_batch, 0, 1)
@@ -162,6 +171,7 @@ class LlamaBackend:
         self.pins_ready: dict[str, threading.Event] = {}
         self.n_swa = L.llama_model_n_swa(self.model.model)
         self.prompt_tokens_reused = 0
+        self.prompt_tokens_prefilled = 0  # prompt tokens decoded for requests (pins apart)
         self._incoming: deque[Sequence] = deque()
         self._active: list[Sequence] = []
         self.closed = False
@@ -211,11 +221,36 @@ class LlamaBackend:
             self._pieces[token] = piece
         return piece
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         try:
+            if tools and template_handles_tools(self.template):
+                return self.formatter(messages=tool_calls.for_template(messages), tools=tools).prompt
+            if tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+                messages = tool_calls.fallback_messages(messages, tools or [])
             return self.formatter(messages=messages).prompt
         except Exception as exc:  # a template's own raise_exception, or a Jinja error
             raise InvalidRequest(f"the model's chat template rejected these messages: {exc}", param="messages") from None
+
+    def grammar_for(self, request: GenerationRequest, offered: list[dict[str, Any]]) -> tuple[str | None, bool]:
+        """(GBNF text or None, whether it forces tool calls) for a request."""
+        params = request.params
+        choice = request.tool_choice
+        if offered and (choice == "required" or isinstance(choice, dict)):
+            schemas = {t["function"]["name"]: tool_calls.parameters_of(t) for t in offered}
+            many = request.parallel_tool_calls and not isinstance(choice, dict)
+            return tool_call_grammar(schemas, "tools", self.tool_format, many), True
+        if params.json_schema is not None:
+            return schema_grammar(params.json_schema, "response_format.json_schema.schema"), False
+        if params.json_mode:
+            return JSON_GBNF, False
+        return None, False
+
+    def _check_grammar(self, grammar: str, param: str) -> None:
+        """llama.cpp parses the grammar here, so that a bad one is a 400 and not a failed stream."""
+        sampler = L.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise InvalidRequest("llama.cpp could not parse the grammar made from this schema", param=param)
+        L.llama_sampler_free(sampler)
 
     # ----------------------------------------------------------------------------- Backend
     async def prepare(self, request: GenerationRequest) -> Prepared:
@@ -224,8 +259,15 @@ class LlamaBackend:
             if not 0 <= token < self.n_vocab:
                 raise InvalidRequest(f"logit_bias token {token} is outside this model's vocabulary (0-{self.n_vocab - 1})",
                                      param="logit_bias")
+        offered = tool_calls.offered_tools(request.tools, request.tool_choice) if request.messages else []
+        if isinstance(request.tool_choice, dict) and request.tools and not offered:
+            raise InvalidRequest(f"tool_choice names {request.tool_choice['function']['name']!r}, which is not "
+                                 "in 'tools'", param="tool_choice")
+        grammar, forced = self.grammar_for(request, offered)
+        if grammar is not None:
+            self._check_grammar(grammar, "tools" if forced else "response_format")
         if request.messages is not None:
-            text = self.render_chat(request.messages)
+            text = self.render_chat(request.messages, offered)
             add_bos = L.llama_vocab_get_add_bos(self.vocab) and not (self._bos_text and text.startswith(self._bos_text))
             stops = params.stop + self.turn_ends
         else:
@@ -249,11 +291,14 @@ class LlamaBackend:
                 "Please reduce the length of the prompt or max_tokens.",
                 param=param,
             )
-        return Prepared(request, n_prompt, max_tokens, payload=(tokens, stops))
+        return Prepared(request, n_prompt, max_tokens, payload=(tokens, stops, grammar),
+                        tool_format=self.tool_format if offered else None, tools_forced=forced)
 
     def start(self, prepared: Prepared, channel: TokenChannel, cancel: CancelFlag) -> None:
-        tokens, stops = prepared.payload
-        seq = Sequence(prepared, channel, cancel, tokens, StopMatcher(stops))
+        tokens, stops, grammar = prepared.payload
+        seq = Sequence(prepared, channel, cancel, tokens, StopMatcher(stops), grammar=grammar)
+        if prepared.request.params.logprobs:
+            seq.logprobs = channel.extra.setdefault("logprobs", [])
         self._incoming.append(seq)
         COMPUTE.wake()
 
@@ -295,6 +340,7 @@ class LlamaBackend:
             "load_ms": round(self.load_ms, 1),
             "tokens_generated": self.tokens_generated,
             "prompt_tokens_reused": self.prompt_tokens_reused,
+            "prompt_tokens_prefilled": self.prompt_tokens_prefilled,
             "prefixes_pinned": {key: len(tokens) for key, (_, tokens) in self._pins.items()},
         }
 
@@ -305,6 +351,8 @@ class LlamaBackend:
     def step(self) -> None:
         """One decode step (on the compute thread): admit waiting sequences, decode, sample."""
         while self._incoming and (self._free_ids or self._incoming[0].pin_key):
+            if self._prefilling_same_prompt(self._incoming[0]):
+                break  # admitted next step, copying the cells being prefilled now
             self._admit(self._incoming.popleft())
         try:
             self._step()
@@ -327,12 +375,19 @@ class LlamaBackend:
         seq.seq_id, reused = self._pick_slot(seq.tokens)
         seq.prefilled = seq.n_past = reused
         try:
-            seq.sampler = self._build_sampler(seq.prepared.request.params)
+            seq.sampler = self._build_sampler(seq.prepared.request.params, seq.grammar)
         except Exception as exc:
             self._free_ids.append(seq.seq_id)
             seq.channel.close(None, GenerationError(f"could not set up sampling: {exc}"))
             return
         self._active.append(seq)
+
+    def _prefilling_same_prompt(self, seq: Sequence) -> bool:
+        """Whether a running sequence is prefilling the prompt `seq` starts with (the choices of
+        an n > 1 request): waiting one step for it costs less than prefilling it twice."""
+        return seq.pin_key is None and any(
+            other.prefilling and other.pin_key is None and _common_prefix(other.tokens, seq.tokens) >= len(seq.tokens) - 1
+            for other in self._active)
 
     def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
         """A free sequence id and how many prompt tokens its KV cache already holds.
@@ -350,8 +405,18 @@ class LlamaBackend:
             common = _common_prefix(tokens, prompt)
             if common > reused:
                 source, reused = key, common
+        running = None  # a generating sequence whose prompt cells this one can share
+        for other in self._active:
+            if other.pin_key is None and not other.prefilling:
+                common = _common_prefix(other.tokens, prompt)
+                if common > reused:
+                    running, source, reused = other, None, common
         memory = self.ctx.memory
-        if source is not None:
+        if running is not None:
+            best = min(self._free_ids, key=lambda i: len(self._slot_tokens.get(i, ())))
+            L.llama_memory_seq_rm(memory, best, -1, -1)
+            L.llama_memory_seq_cp(memory, running.seq_id, best, 0, reused)
+        elif source is not None:
             # Copy the pin into the free sequence whose own cache is worth least.
             best = min(self._free_ids, key=lambda i: len(self._slot_tokens.get(i, ())))
             L.llama_memory_seq_rm(memory, best, -1, -1)
@@ -389,7 +454,7 @@ class LlamaBackend:
             self._pin_ids.append(pin_id)
         return self._pin_ids.pop() if self._pin_ids else -1
 
-    def _build_sampler(self, params: SamplingParams) -> Any:
+    def _build_sampler(self, params: SamplingParams, grammar: str | None = None) -> Any:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
 
         def add(sampler: Any) -> None:
@@ -398,8 +463,8 @@ class LlamaBackend:
                 raise ValueError("llama.cpp refused a sampler setting (an invalid grammar?)")
             L.llama_sampler_chain_add(chain, sampler)
 
-        if params.json_mode:
-            add(L.llama_sampler_init_grammar(self.vocab, JSON_GBNF.encode(), b"root"))
+        if grammar is not None:
+            add(L.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root"))
         if params.logit_bias:
             biases = (L.llama_logit_bias * len(params.logit_bias))()
             for i, (token, bias) in enumerate(params.logit_bias.items()):
@@ -453,6 +518,8 @@ class LlamaBackend:
                 self._add(token, seq.n_past + j, seq.seq_id, wants_logits and j == len(chunk) - 1)
             seq.prefilled += len(chunk)
             seq.n_past += len(chunk)
+            if seq.pin_key is None:
+                self.prompt_tokens_prefilled += len(chunk)
             budget -= len(chunk)
             if wants_logits:
                 seq.row = batch.n_tokens - 1
@@ -471,7 +538,30 @@ class LlamaBackend:
                 continue
             row, seq.row = seq.row, -1
             token = L.llama_sampler_sample(seq.sampler, self.ctx.ctx, row)
+            if seq.logprobs is not None:
+                self._record_logprobs(seq, row, token)
             self._emit(seq, token)
+
+    def _record_logprobs(self, seq: Sequence, row: int, token: int) -> None:
+        """The chosen token's log-probability and the most likely alternatives, from the model's
+        own distribution (before bias, penalties, grammar and temperature), as OpenAI reports."""
+        piece = self._piece(token)
+        if piece is None:
+            return  # the end of the answer is no token of it
+        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx.ctx, row), shape=(self.n_vocab,))
+        peak = float(logits.max())
+        norm = peak + math.log(float(np.exp(logits - peak).sum()))
+        entry = {"token": piece.decode("utf-8", errors="replace"), "logprob": float(logits[token]) - norm,
+                 "bytes": list(piece), "top_logprobs": []}
+        top = seq.prepared.request.params.top_logprobs
+        if top:
+            best = np.argpartition(logits, -top)[-top:]
+            for alt in best[np.argsort(-logits[best], kind="stable")]:
+                alt_piece = self._piece(int(alt))
+                alt_bytes = alt_piece if alt_piece is not None else self._piece_text(int(alt), special=True).encode()
+                entry["top_logprobs"].append({"token": alt_bytes.decode("utf-8", errors="replace"),
+                                              "logprob": float(logits[alt]) - norm, "bytes": list(alt_bytes)})
+        seq.logprobs.append(entry)
 
     def _add(self, token: int, pos: int, seq_id: int, logits: bool) -> None:
         batch = self._batch

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from abi_tui import __version__
+from abi_tui.server import requests
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 NUMBER = {"type": "number"}
@@ -20,47 +21,6 @@ SSE = {"text/event-stream": {"schema": {"type": "object", "properties": {
 
 NULL = {"type": "null"}
 NON_BLANK = {"type": "string", "minLength": 1, "pattern": "\\S"}  # the server strips, then needs text
-TEXT_PARTS = {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {
-    "type": {"const": "text"}, "text": STRING}}}
-NO_TOOL_CALLS = {"anyOf": [NULL, {"type": "array", "maxItems": 0}]}
-MESSAGE = {"oneOf": [
-    {"type": "object", "required": ["role", "content"], "properties": {
-        "role": {"type": "string", "enum": ["system", "developer", "user"]},
-        "content": {"anyOf": [STRING, TEXT_PARTS]}, "tool_calls": NO_TOOL_CALLS}},
-    {"type": "object", "required": ["role"], "properties": {  # an assistant turn may have no content
-        "role": {"const": "assistant"},
-        "content": {"anyOf": [STRING, TEXT_PARTS, NULL]}, "tool_calls": NO_TOOL_CALLS}},
-]}
-MESSAGES = {"type": "array", "minItems": 1, "items": MESSAGE}
-# OpenAI options the server does not implement: accepted only in their "off" forms (parse.py).
-UNSUPPORTED = {
-    "tools": NO_TOOL_CALLS, "functions": NO_TOOL_CALLS,
-    "tool_choice": {"anyOf": [NULL, {"const": "none"}]}, "function_call": {"anyOf": [NULL, {"const": "none"}]},
-    "logprobs": {"enum": [None, False, 0]}, "top_logprobs": {"enum": [None, 0]},
-}
-SAMPLING = {
-    "model": STRING,
-    "max_tokens": {"type": "integer", "minimum": 1},
-    "max_completion_tokens": {"type": "integer", "minimum": 1},
-    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-    "top_k": {"type": "integer", "minimum": 0},
-    "min_p": {"type": "number", "minimum": 0, "maximum": 1},
-    "stop": {"oneOf": [STRING, {"type": "array", "items": STRING, "maxItems": 16}]},
-    "seed": INTEGER,
-    "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-    "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-    "repeat_penalty": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
-    "dry_multiplier": {"type": "number", "minimum": 0, "maximum": 10, "description": "DRY repetition penalty (0 = off)"},
-    "logit_bias": {"type": "object", "propertyNames": {"pattern": "^[0-9]{1,10}$"},
-                   "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}},
-    "response_format": {"type": "object", "required": ["type"],
-                        "properties": {"type": {"type": "string", "enum": ["text", "json_object"]}}},
-    "n": {"type": "integer", "minimum": 1, "maximum": 1},
-    "stream": BOOLEAN,
-    "stream_options": {"type": "object", "properties": {"include_usage": {"type": ["boolean", "null"]}}},
-    **UNSUPPORTED,
-}
 
 
 def nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -68,21 +28,29 @@ def nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, NULL]}
 
 
-SAMPLING = {key: nullable(value) for key, value in SAMPLING.items()}
-COMPLETION_ONLY = {"suffix": {"enum": [None, ""]}, "echo": {"enum": [None, False]}, "best_of": {"enum": [None, 1]}}
 # What /api/models/pull downloads from the hub (an https:// URL is accepted too, undescribed
 # here so that fuzzing never dials out): owner/repo[@rev][:QUANT | /file.gguf], hub-valid names.
 _HUB_NAME = "[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,30}[A-Za-z0-9])?"
 HUB_SPEC = (f"^(?!.*(?:--|\\.\\.))(?:hf://)?{_HUB_NAME}/{_HUB_NAME}"
             f"(?::[A-Za-z0-9_.-]{{1,20}}|/{_HUB_NAME}\\.gguf)?$")
 HUB_REPO_SPEC = f"^(?!.*(?:--|\\.\\.))(?:hf://)?{_HUB_NAME}/{_HUB_NAME}(?::[A-Za-z0-9_.-]{{1,20}})?$"
-PERSONA = {"enum": ["auto", "abi", "abbey", "aviva", None]}
 USAGE = {"type": "object", "properties": {"prompt_tokens": INTEGER, "completion_tokens": INTEGER,
                                            "total_tokens": INTEGER}}
 
 
-PERSONA_CHAT = {"type": "object", "required": ["content"], "properties": {
-    "content": NON_BLANK, "conversation_id": nullable(STRING), **SAMPLING}}
+def _body(model: type) -> dict[str, Any]:
+    """A request body described by its pydantic model (server/requests.py), in components."""
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _model_schemas() -> dict[str, Any]:
+    """Each request model and everything it refers to, as OpenAPI components."""
+    schemas: dict[str, Any] = {}
+    for model in requests.REQUEST_MODELS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -128,15 +96,13 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         errors=(401,), tag="openai")},
     "/v1/chat/completions": {"post": _op(
         "Chat completion (OpenAI)", tag="openai", errors=GENERATION_ERRORS,
-        body={"type": "object", "required": ["messages"], "properties": {"messages": MESSAGES, **SAMPLING}},
+        body=_body(requests.ChatCompletionRequest),
         ok_content={**_json({"type": "object", "required": ["id", "choices", "usage"], "properties": {
             "id": STRING, "object": STRING, "created": INTEGER, "model": STRING,
             "choices": {"type": "array"}, "usage": USAGE}}), **SSE})},
     "/v1/completions": {"post": _op(
         "Text completion (OpenAI legacy)", tag="openai", errors=GENERATION_ERRORS,
-        body={"type": "object", "required": ["prompt"], "properties": {
-            "prompt": {"anyOf": [STRING, {"type": "array", "items": STRING, "minItems": 1, "maxItems": 1}]},
-            **SAMPLING, **COMPLETION_ONLY}},
+        body=_body(requests.CompletionRequest),
         ok_content={**_json({"type": "object", "required": ["id", "choices", "usage"]}), **SSE})},
     "/v1/embeddings": {"post": _op(
         "Embeddings from the embedding model", tag="openai", errors=(400, 401, 404, 413, 415, 422, 503),
@@ -146,9 +112,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         ok={"type": "object", "required": ["data", "usage"]})},
     "/api/stream": {"post": _op(
         "ABI SSE stream: abi.start, abi.token, abi.end, abi.error", errors=GENERATION_ERRORS,
-        body={"type": "object", "anyOf": [{"required": ["prompt"]}, {"required": ["messages"]}], "properties": {
-            "prompt": STRING, "messages": MESSAGES, "persona": PERSONA,
-            "request_id": nullable({"type": "string", "pattern": "^[!-~]{1,128}$"}), **SAMPLING}},
+        body=_body(requests.AbiStreamRequest),
         ok_content=SSE)},
     "/api/stream/ws": {"get": _op("ABI WebSocket stream (upgrade; a plain GET is a 400)", errors=(400, 401),
                                   ok_content=_json(OBJECT))},
@@ -174,12 +138,12 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                                          params=[_path_param("name")])},
     "/api/v1/chat": {"post": _op("Persona chat, auto-routed (ABI SSE events, or JSON with stream=false)",
                                  errors=GENERATION_ERRORS, ok_content={**_json(OBJECT), **SSE},
-                                 body=PERSONA_CHAT)},
+                                 body=_body(requests.PersonaChatRequest))},
     "/api/v1/chat/{persona}": {"post": _op("Persona chat with a forced persona", errors=GENERATION_ERRORS,
                                            params=[{**_path_param("persona"), "schema": {
                                                "type": "string", "enum": ["abi", "abbey", "aviva"]}}],
                                            ok_content={**_json(OBJECT), **SSE},
-                                           body=PERSONA_CHAT)},
+                                           body=_body(requests.PersonaChatRequest))},
     "/api/v1/personas": {"get": _op("Persona catalogue", errors=(401,))},
     "/api/v1/personas/metrics": {"get": _op("Per-persona counters and latency percentiles", errors=(401,))},
     "/api/v1/personas/route": {"post": _op("Routing decision without generating", errors=(400, 401, 413, 415),
@@ -225,6 +189,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
 
 COMPONENTS = {
     "schemas": {
+        **_model_schemas(),
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["message", "type"], "properties": {
                 "message": STRING, "type": STRING, "param": {"type": ["string", "null"]},

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
 from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
 
 from abi_tui.backends.base import GenerationRequest, SamplingParams
 from abi_tui.errors import AbiError, InvalidRequest
+from abi_tui.server import requests
 from abi_tui.server.guard import UnsupportedMediaType, is_json_content_type
-
-ROLES = ("system", "developer", "user", "assistant")
-TOKEN_ID_RE = re.compile(r"^[0-9]{1,10}$")
-# OpenAI options this server does not implement, and the values that mean "off" (accepted).
-# openapi.py describes exactly these.
-UNSUPPORTED_OFF: dict[str, tuple[Any, ...]] = {
-    "tools": (None, []), "functions": (None, []), "tool_choice": (None, "none"), "function_call": (None, "none"),
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0),
-}
-UNSUPPORTED_COMPLETION_OFF: dict[str, tuple[Any, ...]] = {"suffix": (None, ""), "echo": (None, False),
-                                                          "best_of": (None, 1)}
-
 
 MAX_JSON_DEPTH = 64
 # A JSON string (escapes included, or running to the end of the text): brackets inside do not nest.
@@ -137,204 +126,121 @@ def check_text(data: Any) -> None:
                              param=where)
 
 
-def _is_one_of(value: Any, allowed: tuple[Any, ...]) -> bool:
-    """`value in allowed` without Python's bool/int/float equality (False == 0 == 0.0): the
-    unsupported OpenAI options are accepted only in their documented 'off' forms."""
-    def same(a: Any) -> bool:
-        if isinstance(value, bool) or isinstance(a, bool):
-            return value is a
-        if isinstance(value, (int, float)) and isinstance(a, (int, float)):
-            return value == a
-        return type(value) is type(a) and value == a
-
-    return any(same(a) for a in allowed)
-
-
-def _number(data: dict, key: str, default: float | None, lo: float, hi: float) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidRequest(f"'{key}' must be a number", param=key)
-    if not lo <= value <= hi:
-        raise InvalidRequest(f"'{key}' must be between {lo:g} and {hi:g}, got {value}", param=key)
-    return float(value)
-
-
-def _integer(data: dict, key: str, lo: int | None = None, hi: int | None = None) -> int | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise InvalidRequest(f"'{key}' must be an integer", param=key)
-    if lo is not None and value < lo:
-        raise InvalidRequest(f"'{key}' must be at least {lo}, got {value}", param=key)
-    if hi is not None and value > hi:
-        raise InvalidRequest(f"'{key}' must be at most {hi}, got {value}", param=key)
-    return value
-
-
-def _string(data: dict, key: str) -> str | None:
-    value = data.get(key)
-    if value is not None and not isinstance(value, str):
-        raise InvalidRequest(f"'{key}' must be a string", param=key)
-    return value
-
-
-def _bool(data: dict, key: str) -> bool:
-    value = data.get(key, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"'{key}' must be true or false", param=key)
-    return value
-
-
-def _stop(data: dict) -> list[str]:
-    value = data.get("stop")
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(s, str) for s in value):
-        if len(value) > 16:
-            raise InvalidRequest("'stop' takes at most 16 strings", param="stop")
-        return list(value)
-    raise InvalidRequest("'stop' must be a string or a list of strings", param="stop")
-
-
-def _logit_bias(data: dict) -> dict[int, float]:
-    value = data.get("logit_bias")
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidRequest("'logit_bias' must be an object of token id to bias", param="logit_bias")
-    bias = {}
-    for key, amount in value.items():
-        # ASCII digits only: int() would also take " 1", "1_0" and other scripts' digits.
-        if not isinstance(key, str) or not TOKEN_ID_RE.match(key):
-            raise InvalidRequest(f"'logit_bias' key {key!r} is not a token id", param="logit_bias")
-        token = int(key)
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not -100 <= amount <= 100:
-            raise InvalidRequest(f"'logit_bias' value for token {key} must be a number from -100 to 100",
-                                 param="logit_bias")
-        bias[token] = float(amount)
-    return bias
-
-
-def _content(message: dict, index: int) -> str:
-    content = message.get("content")
+def _content(content: Any) -> str:
+    if content is None:
+        return ""
     if isinstance(content, str):
         return content
-    if content is None and message.get("role") == "assistant":
-        return ""
-    if isinstance(content, list):  # the array form: text parts only
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise InvalidRequest(f"messages[{index}].content: only text parts are supported",
-                                     param=f"messages[{index}].content")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise InvalidRequest(f"messages[{index}].content must be a string", param=f"messages[{index}].content")
+    return "".join(part.text for part in content)  # the array form: text parts only
 
 
-def parse_messages(value: Any) -> list[dict[str, str]]:
-    if value is None:
-        raise InvalidRequest("'messages' is required", param="messages")
-    if not isinstance(value, list) or not value:
-        raise InvalidRequest("'messages' must be a non-empty list of messages", param="messages")
-    messages = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise InvalidRequest(f"messages[{i}] must be an object with 'role' and 'content'", param=f"messages[{i}]")
-        role = message.get("role")
-        if role not in ROLES:
-            if role in ("tool", "function"):
-                raise InvalidRequest(f"messages[{i}]: tool messages are not supported", param=f"messages[{i}].role")
-            raise InvalidRequest(f"messages[{i}].role must be one of {', '.join(ROLES)}", param=f"messages[{i}].role")
-        if not _is_one_of(message.get("tool_calls"), (None, [])):
-            raise InvalidRequest(f"messages[{i}]: tool calls are not supported", param=f"messages[{i}].tool_calls")
-        messages.append({"role": "system" if role == "developer" else role, "content": _content(message, i)})
-    return messages
+def message_dicts(messages: list[Any]) -> list[dict[str, Any]]:
+    """Validated messages as the dicts chat templates read: `developer` becomes `system`, text
+    parts are joined, an assistant's tool calls and a tool result's call id are kept."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        item: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
+                                "content": _content(message.content)}
+        if isinstance(message, requests.AssistantMessage) and message.tool_calls:
+            item["tool_calls"] = [{"id": call.id, "type": "function",
+                                   "function": {"name": call.function.name,
+                                                "arguments": call.function.arguments}}
+                                  for call in message.tool_calls]
+        if isinstance(message, requests.ToolMessage):
+            item["tool_call_id"] = message.tool_call_id
+        out.append(item)
+    return out
 
 
-def _repeat_penalty(data: dict) -> float:
-    value = _number(data, "repeat_penalty", 1.0, 0.0, 10.0)
-    if value is None or value <= 0:  # llama.cpp divides by it
-        raise InvalidRequest("'repeat_penalty' must be greater than 0 (1 = off)", param="repeat_penalty")
-    return value
+def parse_messages(value: Any) -> list[dict[str, Any]]:
+    """A `messages` list on its own (the ABI routes), checked as the chat route checks it."""
+    try:
+        messages = MESSAGES.validate_python(value)
+    except ValidationError as exc:
+        raise requests.invalid_request_at("messages", exc, value) from None
+    return message_dicts(messages)
 
 
-def sampling_params(data: dict) -> SamplingParams:
-    n = _integer(data, "n", lo=1)
-    if n is not None and n > 1:
-        raise InvalidRequest("'n' greater than 1 is not supported: send one request per choice", param="n")
-    for key, off in UNSUPPORTED_OFF.items():
-        if not _is_one_of(data.get(key), off):
-            raise InvalidRequest(f"'{key}' is not supported by this server", param=key)
-    # Both checked (a wrong max_tokens is a 400 even when max_completion_tokens wins).
-    max_completion_tokens = _integer(data, "max_completion_tokens", lo=1)
-    max_tokens = _integer(data, "max_tokens", lo=1)
-    if max_completion_tokens is not None:
-        max_tokens = max_completion_tokens
-    json_mode = False
-    response_format = data.get("response_format")
-    if response_format is not None:
-        kind = response_format.get("type") if isinstance(response_format, dict) else None
-        if kind == "json_object":
-            json_mode = True
-        elif kind != "text":
-            raise InvalidRequest("'response_format.type' must be 'text' or 'json_object'", param="response_format")
-    seed = _integer(data, "seed")
+def _json_schema(body: requests.Sampling) -> tuple[bool, dict[str, Any] | None]:
+    """(json_mode, schema) from response_format."""
+    response_format = body.response_format
+    if isinstance(response_format, requests.JsonObjectFormat):
+        return True, None
+    if isinstance(response_format, requests.JsonSchemaFormat):
+        return True, response_format.json_schema.json_schema
+    return False, None
+
+
+def params_from(body: requests.Sampling, logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:
+    json_mode, schema = _json_schema(body)
+    stop = body.stop
     return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=_number(data, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(data, "top_p", 1.0, 0.0, 1.0),
-        top_k=_integer(data, "top_k", lo=0) or 0,
-        min_p=_number(data, "min_p", 0.0, 0.0, 1.0),
-        stop=_stop(data),
-        seed=seed,
-        presence_penalty=_number(data, "presence_penalty", 0.0, -2.0, 2.0),
-        frequency_penalty=_number(data, "frequency_penalty", 0.0, -2.0, 2.0),
-        repeat_penalty=_repeat_penalty(data),
-        dry_multiplier=_number(data, "dry_multiplier", 0.0, 0.0, 10.0),
-        logit_bias=_logit_bias(data),
+        # max_completion_tokens wins; a wrong max_tokens beside it is still a 400 (validated).
+        max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
+        temperature=_or(body.temperature, 1.0),
+        top_p=_or(body.top_p, 1.0),
+        top_k=body.top_k or 0,
+        min_p=_or(body.min_p, 0.0),
+        stop=[stop] if isinstance(stop, str) else list(stop or []),
+        seed=body.seed,
+        presence_penalty=_or(body.presence_penalty, 0.0),
+        frequency_penalty=_or(body.frequency_penalty, 0.0),
+        repeat_penalty=_or(body.repeat_penalty, 1.0),
+        dry_multiplier=_or(body.dry_multiplier, 0.0),
+        logit_bias={int(token): float(bias) for token, bias in (body.logit_bias or {}).items()},
         json_mode=json_mode,
+        json_schema=schema,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
     )
 
 
+def _or(value: float | None, default: float) -> float:
+    return float(value) if value is not None else default
+
+
+def sampling_params(data: dict) -> SamplingParams:
+    """The sampling options of any generation body (persona chat, the ABI stream)."""
+    return params_from(requests.validate(requests.Sampling, data))
+
+
+def _tools(body: requests.ChatCompletionRequest) -> tuple[list[dict[str, Any]] | None, Any]:
+    tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
+    choice = body.tool_choice
+    if isinstance(choice, requests.NamedToolChoice):
+        choice = {"type": "function", "function": {"name": choice.function.name}}
+    if tools is None:
+        choice = "none"
+    return tools, choice or "auto"
+
+
 def chat_request(data: dict, route: str) -> GenerationRequest:
-    model = _string(data, "model")
-    messages = parse_messages(data.get("messages"))
-    return GenerationRequest(model=model, messages=messages, params=sampling_params(data), route=route)
+    body = requests.validate(requests.ChatCompletionRequest, data)
+    tools, choice = _tools(body)
+    params = params_from(body, bool(body.logprobs), body.top_logprobs or 0)
+    return GenerationRequest(model=body.model, messages=message_dicts(body.messages), params=params, route=route,
+                             tools=tools, tool_choice=choice,
+                             parallel_tool_calls=body.parallel_tool_calls is not False, n=body.n or 1)
 
 
 def completion_request(data: dict, route: str) -> GenerationRequest:
-    model = _string(data, "model")
-    prompt = data.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if prompt is None:
-        raise InvalidRequest("'prompt' is required", param="prompt")
-    if not isinstance(prompt, str):
-        raise InvalidRequest("'prompt' must be a string (one prompt per request)", param="prompt")
-    for key, off in UNSUPPORTED_COMPLETION_OFF.items():
-        if not _is_one_of(data.get(key), off):
-            raise InvalidRequest(f"'{key}' is not supported by this server", param=key)
-    return GenerationRequest(model=model, prompt=prompt, params=sampling_params(data), route=route)
+    body = requests.validate(requests.CompletionRequest, data)
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    logprobs = body.logprobs is not None
+    params = params_from(body, logprobs, body.logprobs or 0)
+    return GenerationRequest(model=body.model, prompt=prompt, params=params, route=route, n=body.n or 1)
 
 
 def stream_flags(data: dict) -> tuple[bool, bool]:
     """(stream, include_usage)."""
-    stream = _bool(data, "stream")
-    options = data.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("'stream_options' must be an object", param="stream_options")
-    include_usage = (options or {}).get("include_usage")
-    if include_usage is not None and not isinstance(include_usage, bool):
-        raise InvalidRequest("'stream_options.include_usage' must be true or false", param="stream_options.include_usage")
-    return stream, bool(include_usage)
+    body = requests.validate(StreamFlags, data)
+    options = body.stream_options
+    return bool(body.stream), bool(options and options.include_usage)
+
+
+class StreamFlags(requests.Body):
+    stream: bool | None = None
+    stream_options: requests.StreamOptions | None = None
+
+
+MESSAGES = TypeAdapter(requests.MessageList)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +14,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from abi_tui.backends.base import GenerationRequest
 from abi_tui.backends.engine import HEARTBEAT, Stream, new_request_id
 from abi_tui.errors import AbiError, InvalidRequest
-from abi_tui.server.parse import InvalidJson, loads_json, parse_messages, read_json, sampling_params
+from abi_tui.server import requests
+from abi_tui.server.parse import InvalidJson, loads_json, message_dicts, params_from, read_json
 from abi_tui.server.sse import dumps, sse_frame
 from abi_tui.server.state import ServerState, state_of
 from abi_tui.server.streaming import (
@@ -28,7 +28,6 @@ from abi_tui.server.streaming import (
 log = logging.getLogger(__name__)
 
 WS_MAX_MESSAGE = 1024 * 1024
-REQUEST_ID_RE = re.compile(r"^[!-~]{1,128}$")
 WS_MAX_CONCURRENT = 4
 WS_PING_S = 30.0
 
@@ -39,28 +38,15 @@ RouteHook = Callable[[ServerState, GenerationRequest, dict[str, Any]],
 
 
 def generation_request(body: dict[str, Any], route: str) -> GenerationRequest:
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise InvalidRequest("'model' must be a string", param="model")
-    persona = body.get("persona")
-    if persona is not None and not isinstance(persona, str):
-        raise InvalidRequest("'persona' must be a string", param="persona")
-    if "prompt" in body and not isinstance(body["prompt"], str):
-        raise InvalidRequest("'prompt' must be a string", param="prompt")
-    if "messages" in body:
-        messages, prompt = parse_messages(body["messages"]), None
-    elif "prompt" in body:
-        messages, prompt = None, body["prompt"]
-        if not isinstance(prompt, str):
-            raise InvalidRequest("'prompt' must be a string", param="prompt")
+    checked = requests.validate(requests.AbiStreamRequest, body)
+    if checked.messages is not None:
+        messages, prompt = message_dicts(checked.messages), None
+    elif checked.prompt is not None:
+        messages, prompt = None, checked.prompt
     else:
         raise InvalidRequest("send 'prompt' (a string) or 'messages' (a list)", param="prompt")
-    request_id = body.get("request_id")
-    # Visible ASCII only: it goes back in the X-Request-Id header (CR/LF there would be header injection).
-    if request_id is not None and (not isinstance(request_id, str) or not REQUEST_ID_RE.match(request_id)):
-        raise InvalidRequest("'request_id' must be 1-128 visible ASCII characters", param="request_id")
-    return GenerationRequest(model=model, messages=messages, prompt=prompt, params=sampling_params(body),
-                             request_id=request_id or new_request_id(), route=route)
+    return GenerationRequest(model=checked.model, messages=messages, prompt=prompt, params=params_from(checked),
+                             request_id=checked.request_id or new_request_id(), route=route)
 
 
 async def open_stream(state: ServerState, body: dict[str, Any], route: str) -> tuple[Stream, dict[str, Any] | None]:
