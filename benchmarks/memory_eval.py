@@ -279,7 +279,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from abi_tui.backends.llamacpp import LlamaBackend, LlamaOptions
-    from abi_tui.backends.sentence_encoder import shared_encoder
+    from abi_tui.models.sentence_encoder import shared_encoder
 
     data = json.loads((DATA / "memory_pairs.json").read_text())
     for n, pair in enumerate(data["pairs"], start=1):

@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from abi_tui.backends.sentence_encoder import shared_encoder  # noqa: E402
+from abi_tui.models.sentence_encoder import shared_encoder  # noqa: E402
 from abi_tui.personas.router import PersonaRouter  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / "abi_tui" / "personas" / "data" / "corpus.jsonl"

@@ -35,8 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from abi_tui.backends import sentence_encoder  # noqa: E402
-from abi_tui.models import sentence_model  # noqa: E402
+from abi_tui.models import sentence_encoder, sentence_model  # noqa: E402
 from abi_tui.personas import classifier  # noqa: E402
 from abi_tui.personas.classifier import (  # noqa: E402
     DIM,

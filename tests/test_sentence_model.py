@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from abi_tui.backends.sentence_encoder import MAX_TOKENS, SentenceEncoder
 from abi_tui.models import sentence_model
+from abi_tui.models.sentence_encoder import MAX_TOKENS, SentenceEncoder
 
 
 @pytest.fixture(scope="module")

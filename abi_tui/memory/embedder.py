@@ -1,7 +1,7 @@
 """Sentence embeddings for memory: the packaged sentence encoder, or a llama.cpp model's centred
 hidden states; either way with a z-score that makes one similarity cut-off mean the same.
 
-The packaged encoder (all-MiniLM-L6-v2, `backends/sentence_encoder.py`) was trained for sentence
+The packaged encoder (all-MiniLM-L6-v2, `models/sentence_encoder.py`) was trained for sentence
 similarity: a question and the fact it asks for in other words score well above unrelated pairs
 (about 0.4 against 0.05), so its vectors are used as they are (`EncoderEmbedder`).
 
@@ -114,7 +114,7 @@ class EncoderEmbedder(_ZScored):
 def packaged_encoder() -> Any | None:
     """The packaged sentence encoder, or None when it is not installed or does not load (memory
     then embeds with a chat model). Loads it on first use (about half a second)."""
-    from abi_tui.backends.sentence_encoder import shared_encoder
+    from abi_tui.models.sentence_encoder import shared_encoder
 
     try:
         return shared_encoder()

@@ -10,7 +10,7 @@ conversion reads 90 MB and takes about a second. The package is found with `find
 importing it (its module imports nothing heavy, but there is no reason to run it).
 
 Both the persona router (a message's meaning, beyond its words) and memory (a question matched
-to a fact said in other words) embed with it; `backends/sentence_encoder.py` runs it.
+to a fact said in other words) embed with it; `models/sentence_encoder.py` runs it.
 """
 
 from __future__ import annotations

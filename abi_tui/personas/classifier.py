@@ -14,7 +14,7 @@ question about the assistant itself, and `policy`, a violation of one of the rul
 head, trained on violations only, says which rule (`POLICY_RULES`).
 
 Words miss what a message means when it says it in other words ("finish my life", "get into my
-ex's account"). When the packaged sentence encoder is present (`backends/sentence_encoder.py`),
+ex's account"). When the packaged sentence encoder is present (`models/sentence_encoder.py`),
 the route head is the `Semantic` one: the same hashed features plus the message's sentence
 embedding and, for each route, how near the message is to the corpus messages of that route
 (the mean of the `KNN_K` nearest cosines, and the nearest). Without the encoder the words-only

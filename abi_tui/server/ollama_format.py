@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from abi_tui.backends.base import GenerationRequest
-from abi_tui.backends.grammar_hook import GrammarParams, schema_grammar
+from abi_tui.backends.base import GenerationRequest, SamplingParams
+from abi_tui.backends.grammar import schema_grammar
 from abi_tui.errors import InvalidRequest
 from abi_tui.server.parse import parse_messages
 
@@ -192,7 +192,7 @@ def _stop(options: dict[str, Any]) -> list[str]:
 
 @dataclass
 class Sampling:
-    params: GrammarParams
+    params: SamplingParams
     given: dict[str, Any]  # the options the client set, by their OpenAI names (the persona hook reads them)
 
 
@@ -236,24 +236,26 @@ def sampling(body: dict[str, Any]) -> Sampling:
         max_tokens = num_predict if num_predict > 0 else None
     stop = _stop(options)
     values = {**DEFAULTS, **given}
-    grammar, json_mode = format_grammar(body.get("format"))
-    params = GrammarParams(
+    schema, json_mode = format_schema(body.get("format"))
+    params = SamplingParams(
         max_tokens=max_tokens, temperature=values["temperature"], top_p=values["top_p"], top_k=values["top_k"],
         min_p=values["min_p"], stop=stop, seed=values.get("seed"),
         presence_penalty=values.get("presence_penalty", 0.0),
         frequency_penalty=values.get("frequency_penalty", 0.0), repeat_penalty=values["repeat_penalty"],
-        json_mode=json_mode, grammar=grammar)
+        json_mode=json_mode, json_schema=schema)
     return Sampling(params, given)
 
 
-def format_grammar(value: Any) -> tuple[str | None, bool]:
-    """`format`: (a schema's grammar, json_mode)."""
+def format_schema(value: Any) -> tuple[dict[str, Any] | None, bool]:
+    """`format`: (the JSON schema, json_mode); a schema the grammar cannot enforce is a 400 now,
+    naming `format`, not later in the backend."""
     if value in (None, ""):
         return None, False
     if value == "json":
         return None, True
     if isinstance(value, dict):
-        return schema_grammar(value), False
+        schema_grammar(value, "format")
+        return value, True
     raise InvalidRequest("'format' must be \"json\" or a JSON schema (an object)", param="format")
 
 
@@ -292,7 +294,7 @@ def _duration(text: str) -> float:
 
 
 def generation_request(name: str, messages: list[dict[str, str]] | None, prompt: str | None,
-                       params: GrammarParams, route: str) -> GenerationRequest:
+                       params: SamplingParams, route: str) -> GenerationRequest:
     return GenerationRequest(model=strip_latest(name), messages=messages, prompt=prompt, params=params,
                              route=route)
 

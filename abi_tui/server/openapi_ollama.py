@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from abi_tui.server.openapi import BOOLEAN, INTEGER, MESSAGE, NULL, NUMBER, OBJECT, STRING, _json
+from abi_tui.server.openapi import BOOLEAN, INTEGER, NULL, NUMBER, OBJECT, STRING, _json
 
 ERROR = {"$ref": "#/components/schemas/OllamaError"}
 SCHEMAS = {"OllamaError": {"type": "object", "required": ["error"], "properties": {"error": STRING}}}
@@ -37,9 +37,15 @@ FORMAT = _opt({"anyOf": [{"enum": ["", "json"]}, {"type": "object", "description
 COMMON = {"model": {"type": "string", "minLength": 1, "pattern": "\\S"}, "stream": _opt(BOOLEAN),
           "format": FORMAT, "options": _opt(OPTIONS), "keep_alive": KEEP_ALIVE, "think": OFF,
           "logprobs": OFF, "top_logprobs": {"enum": [None, 0]}}
-# abi's chat message (server/openapi.py), which may also carry Ollama's "images", empty.
+# Ollama's chat message: text turns (tool calls are refused, ollama_format.py); "images", if
+# present, empty.
 MESSAGES = {"type": "array", "items": {"oneOf": [
-    {**branch, "properties": {**branch["properties"], "images": NONE_OR_EMPTY}} for branch in MESSAGE["oneOf"]]}}
+    {"type": "object", "required": ["role", "content"], "properties": {
+        "role": {"type": "string", "enum": ["system", "user"]}, "content": STRING,
+        "images": NONE_OR_EMPTY, "tool_calls": NONE_OR_EMPTY}},
+    {"type": "object", "required": ["role"], "properties": {
+        "role": {"const": "assistant"}, "content": {"anyOf": [STRING, NULL]},
+        "images": NONE_OR_EMPTY, "tool_calls": NONE_OR_EMPTY}}]}}
 DETAILS = {"type": "object", "properties": {"format": STRING, "family": STRING, "parameter_size": STRING,
                                             "quantization_level": STRING}}
 MODEL = {"type": "object", "required": ["name", "model", "modified_at", "size", "digest", "details"],

@@ -87,7 +87,7 @@ class PersonaService:
     async def _open_at_start(self) -> None:
         """The sentence encoder (a second, once per machine: converting it), then memory; until
         the encoder is there, routing reads words only."""
-        from abi_tui.backends.sentence_encoder import shared_encoder
+        from abi_tui.models.sentence_encoder import shared_encoder
 
         self.encoder = await asyncio.to_thread(shared_encoder)
         await self.open_memory_at_start()

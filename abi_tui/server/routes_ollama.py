@@ -19,7 +19,6 @@ from typing import Any
 
 from aiohttp import web
 
-from abi_tui.backends import grammar_hook
 from abi_tui.backends.engine import Stream, new_request_id
 from abi_tui.errors import AbiError, InvalidRequest
 from abi_tui.server import ollama_format as fmt
@@ -348,7 +347,7 @@ async def _generate(request: web.Request, body: dict[str, Any], name: str,
     opened_at = time.perf_counter()
     # The persona hook reads which sampling options the client set (a persona's own apply otherwise).
     stream, _ = await open_stream_for(state, generation, {"persona": None, **sampling.given})
-    if sampling.params.grammar and stream.backend.kind not in GRAMMAR_BACKENDS:
+    if sampling.params.json_schema is not None and stream.backend.kind not in GRAMMAR_BACKENDS:
         stream.cancel()
         raise InvalidRequest(f"'format' as a JSON schema needs a local llama.cpp model; {stream.model} is "
                              f"a {stream.backend.kind} model (\"json\" works there as on /v1)", param="format")
@@ -483,7 +482,6 @@ async def embeddings(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     state = app[STATE]
-    grammar_hook.install()
     keep_alive = state.services[KEEP_ALIVE] = KeepAlive(state)
 
     async def close_timers(_state: ServerState) -> None:

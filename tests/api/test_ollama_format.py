@@ -55,14 +55,15 @@ def test_bad_options_name_their_field(options, param):
 
 def test_format_json_schema_and_refusals():
     assert fmt.sampling({"format": "json"}).params.json_mode
-    schema = fmt.sampling({"format": {"type": "object", "properties": {"a": {"type": "boolean"}}}}).params
-    assert schema.grammar and "root" in schema.grammar and not schema.json_mode
+    given = {"type": "object", "properties": {"a": {"type": "boolean"}}}
+    schema = fmt.sampling({"format": given}).params
+    assert schema.json_schema == given and schema.json_mode
     for bad in ("xml", 3, ["json"]):
         with pytest.raises(InvalidRequest, match="format"):
             fmt.sampling({"format": bad})
-    with pytest.raises(InvalidRequest, match="'maximum' .at properties.a.items"):
+    with pytest.raises(InvalidRequest, match="uniqueItems"):
         fmt.sampling({"format": {"type": "object", "properties": {
-            "a": {"type": "array", "items": {"type": "number", "maximum": 3}}}}})
+            "a": {"type": "array", "uniqueItems": True, "items": {"type": "number"}}}}})
 
 
 def test_generate_prompt_template_raw_and_refusals():

@@ -349,7 +349,7 @@ def test_ties_go_to_abbey():
 
 @pytest.fixture(scope="module")
 def encoder():
-    from abi_tui.backends.sentence_encoder import shared_encoder
+    from abi_tui.models.sentence_encoder import shared_encoder
 
     found = shared_encoder()
     assert found is not None, "the packaged sentence encoder is not installed (README)"

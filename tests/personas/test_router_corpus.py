@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from abi_tui.backends.sentence_encoder import shared_encoder
+from abi_tui.models.sentence_encoder import shared_encoder
 from abi_tui.personas.classifier import MODEL_PATH, POLICY_RULES, RouterModel
 from abi_tui.personas.router import PersonaRouter
 

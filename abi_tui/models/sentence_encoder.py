@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from abi_tui.backends.llama_log import LLAMA_LOG
-
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 128
@@ -32,10 +30,9 @@ class SentenceEncoder:
     def __init__(self, path: Path, threads: int = 1) -> None:
         from llama_cpp import Llama
 
-        with LLAMA_LOG.capture():  # llama.cpp's load chatter goes to the debug log
-            self._llama = Llama(str(path), embedding=True, n_ctx=MAX_TOKENS, n_batch=MAX_TOKENS,
-                                n_ubatch=MAX_TOKENS, n_threads=threads, n_threads_batch=threads,
-                                verbose=False)
+        self._llama = Llama(str(path), embedding=True, n_ctx=MAX_TOKENS, n_batch=MAX_TOKENS,
+                            n_ubatch=MAX_TOKENS, n_threads=threads, n_threads_batch=threads,
+                            verbose=False)
         self.path = path
         self.dim = int(self._llama.n_embd())
         self._lock = threading.Lock()
@@ -93,7 +90,8 @@ def shared_encoder() -> SentenceEncoder | None:
         log.warning("sentence model unavailable: %s", exc)
         return None
     if path is None:
-        log.info("sentence model not installed (%s): routing and memory use words only",
+        log.info("sentence model not installed (%s): routing reads words only and memory uses "
+                 "the chat model's embeddings",
                  INSTALL_HINT)
         return None
     return SentenceEncoder(path)
