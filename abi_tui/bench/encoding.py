@@ -25,8 +25,11 @@ def sample_tokens(count: int = 2000, words: Sequence[str] = DEFAULT_WORDS) -> li
 
 
 def _fake_stream(request_id: str, model: str) -> Any:
-    # The encoders read only the request id and the model name from the stream.
-    return SimpleNamespace(request=SimpleNamespace(request_id=request_id), model=model)
+    # What the encoders read from a stream: the request id, the model name, and the two
+    # options that switch them to per-event frames (off here: plain token streaming).
+    params = SimpleNamespace(logprobs=False)
+    return SimpleNamespace(request=SimpleNamespace(request_id=request_id, params=params), model=model,
+                           prepared=SimpleNamespace(tool_format=None))
 
 
 def _best_of(rounds: int, run: Callable[[], int]) -> tuple[float, int]:

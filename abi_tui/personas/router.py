@@ -56,7 +56,9 @@ SELF_HARM = "self_harm"
 _TIE_ORDER = {"abbey": 2, "abi": 1, "aviva": 0}  # ties go to Abbey
 _ROUTE_PERSONA = {"meta": "abi", "abbey": "abbey", "aviva": "aviva"}
 
-_QUOTED_RE = re.compile(r"'(.+?)'(?=, '|\)|$)")  # the items of a lexicon reason's quote
+# The items of a lexicon reason's quote: "('a', 'b')". An item opens after "(" or ", ", so an
+# apostrophe in the prose before the quote ("the assistant's") does not open one.
+_QUOTED_RE = re.compile(r"(?:(?<=\()|(?<=, ))'(.+?)'(?=, '|\))")
 _OVERRIDE_RE = re.compile(r"^\s*@(abi|abbey|aviva)(?![\w-])[\s,:;.!?\-]*", re.I)
 
 _WHAT = {

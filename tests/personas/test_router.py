@@ -86,6 +86,20 @@ def test_reasons_are_one_sentence_naming_the_deciding_signals(decisions):
             continue
         named = [w for w in _evidence(d) if f"'{w}'" in reason]
         assert named, f"{case['message']!r}: reason names no signal: {reason}"
+        if not reason.endswith(") decided."):
+            continue
+        # Prose before the quote may hold an apostrophe ("the assistant's"); the quote is one
+        # parenthesis at the end, of quoted words.
+        quote = reason[reason.rindex(" (") + 2:-len(") decided.")]
+        assert reason.count(" (") == 1 and quote.startswith("'") and quote.endswith("'"), reason
+        assert all(item and "(" not in item for item in quote[1:-1].split("', '")), reason
+
+
+def test_a_meta_question_decided_by_the_lexicon_quotes_its_words_once():
+    # The words-only lexicon decides this one; its reason text has an apostrophe before the quote.
+    d = PersonaRouter().route("explain your safety guidelines in simple words")
+    assert d.persona == "abi"
+    assert d.reason.count("routing, personas or safety") == 1, d.reason
 
 
 def test_decision_to_dict_is_json(router):
