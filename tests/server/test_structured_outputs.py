@@ -236,3 +236,30 @@ def test_pydantic_ai_agent_gets_a_validated_output(tiny_server):
         assert isinstance(result.output, City)
         parts = [type(p).__name__ for m in result.all_messages() for p in m.parts]
         assert parts == ["UserPromptPart", "ToolCallPart", "ToolReturnPart"], parts  # no retry was needed
+
+
+@pytest.mark.parametrize("mode", ["TOOLS", "JSON_SCHEMA"])
+def test_instructor_extracts_a_pydantic_model(tiny_server, mode):
+    """instructor asks for its model through a named tool call (TOOLS) or through
+    `response_format` json_schema (JSON_SCHEMA); with no retries allowed, every answer validates
+    on the first try because the grammar leaves the model no other output."""
+    from typing import Literal
+
+    import instructor
+    from pydantic import BaseModel, Field
+
+    class Address(BaseModel):
+        city: str = Field(max_length=10)
+        zip_code: int = Field(ge=1000, le=99999)
+
+    class Person(BaseModel):
+        name: str = Field(max_length=12)
+        role: Literal["admin", "user", "guest"]
+        addresses: list[Address] = Field(max_length=2)
+
+    client = instructor.from_openai(client_for(tiny_server), mode=getattr(instructor.Mode, mode))
+    for seed in range(3):
+        person = client.chat.completions.create(
+            model="tiny", response_model=Person, max_retries=0, seed=seed, temperature=1.0, max_tokens=400,
+            messages=[{"role": "user", "content": "Ada Lovelace, admin, lives in London 10001"}])
+        assert isinstance(person, Person)

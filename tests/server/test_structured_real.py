@@ -103,6 +103,51 @@ def four_choices(server) -> None:
     assert reply.usage.prompt_tokens == single.usage.prompt_tokens
 
 
+FORECASTS = {"Paris": "hail, 3 C", "Berlin": "fog, 9 C", "Rome": "snow, -2 C", "Tokyo": "thunderstorms, 31 C"}
+
+
+def agent_uses_its_tool(server) -> None:
+    """A pydantic-ai agent with a tool, on abi through the OpenAI provider: the first step is
+    made to call the tool (pydantic-ai's documented per-step `tool_choice`), the next one to give
+    the output. Each call's arguments validate, and each answer is built from what the tool
+    returned (forecasts no model could guess)."""
+    from pydantic import BaseModel, Field
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    class Forecast(BaseModel):
+        city: str = Field(max_length=20)
+        forecast: str = Field(max_length=40)
+
+    def settings(ctx):
+        step_tool = "get_weather" if ctx.run_step == 1 else "final_result"
+        return {"max_tokens": 120, "temperature": 0, "parallel_tool_calls": False, "tool_choice": [step_tool]}
+
+    model = OpenAIChatModel("default", provider=OpenAIProvider(base_url=f"{server.url}/v1", api_key="unused"))
+    instructions = "Call get_weather, then give the city and the forecast exactly as get_weather returned it."
+    agent = Agent(model, output_type=Forecast, model_settings=settings, instructions=instructions)
+    asked: list[str] = []
+
+    @agent.tool_plain
+    def get_weather(city: str) -> str:
+        """The weather forecast for a city."""
+        asked.append(city)
+        return FORECASTS.get(city, "no forecast")
+
+    copied = []
+    for city, forecast in FORECASTS.items():
+        result = agent.run_sync(f"What is the weather in {city}?")
+        assert asked[-1] == city and result.output.city == city, (asked, result.output)
+        # "fog, 9 C" may come back as "9C": a word or the number of the tool's answer must be in it
+        clues = [w for w in forecast.replace(",", " ").split() if w != "C"]
+        copied.append(any(c in result.output.forecast.lower() for c in clues))
+    # The server's part (the call, its arguments, the validated output) must hold every time. What
+    # a 135M model writes into a free-text field is its own: with these instructions it copied all
+    # four forecasts in each of three runs; without them it once wrote "FINAL_RESUL". Most, not all.
+    assert sum(copied) >= 3, copied
+
+
 def test_gemma(gemma_server):
     assert fifty_schema_answers(gemma_server, chat=False) == 50
     tool_round_trip(gemma_server)
@@ -114,4 +159,5 @@ def test_gemma(gemma_server):
 def test_instruct_demo(demo_server):
     assert fifty_schema_answers(demo_server, chat=True) == 50
     tool_round_trip(demo_server)
+    agent_uses_its_tool(demo_server)
     greedy_logprobs(demo_server)
