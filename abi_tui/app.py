@@ -7,8 +7,8 @@ second, /api/events for everything else, reconnecting with backoff when the serv
 
 Pane contract
 -------------
-- One module per pane, `abi_tui/screens/<pane>.py`, defining a `Pane` subclass
-  (`abi_tui/screens/base.py` documents the hooks: `server_status`, `server_event`,
+- One module per pane, `abi_tui/panes/<pane>.py`, defining a `Pane` subclass
+  (`abi_tui/panes/base.py` documents the hooks: `server_status`, `server_event`,
   `pane_shown`, `self.client`, `self.fmt`). `PANES` below names module and class, so a new
   pane changes nothing else here.
 - Each Binding has an id `<pane>-<action>` (remappable in `[keys]`) and shows in `?` help;
@@ -55,7 +55,7 @@ from abi_tui.themes import APP_CSS, DEFAULT_THEME, abi_themes
 from abi_tui.widgets.header import StatusHeader
 
 if TYPE_CHECKING:
-    from abi_tui.screens.base import Pane
+    from abi_tui.panes.base import Pane
 
 log = logging.getLogger("abi.dash")
 
@@ -73,11 +73,11 @@ class PaneSpec:
 
 
 PANES: tuple[PaneSpec, ...] = (
-    PaneSpec("chat", "Chat", "abi_tui.screens.chat:ChatPane", "1", "alt+c"),
-    PaneSpec("models", "Models", "abi_tui.screens.models:ModelsPane", "2", "alt+m"),
-    PaneSpec("gpu", "GPU", "abi_tui.screens.gpu:GpuPane", "3", "alt+g"),
-    PaneSpec("bench", "Bench", "abi_tui.screens.bench:BenchPane", "4", "alt+n"),
-    PaneSpec("server", "Server", "abi_tui.screens.server:ServerPane", "5", "alt+s"),
+    PaneSpec("chat", "Chat", "abi_tui.panes.chat:ChatPane", "1", "alt+c"),
+    PaneSpec("models", "Models", "abi_tui.panes.models:ModelsPane", "2", "alt+m"),
+    PaneSpec("gpu", "GPU", "abi_tui.panes.gpu:GpuPane", "3", "alt+g"),
+    PaneSpec("bench", "Bench", "abi_tui.panes.bench:BenchPane", "4", "alt+n"),
+    PaneSpec("server", "Server", "abi_tui.panes.server:ServerPane", "5", "alt+s"),
 )
 # The first pane shown.
 DEFAULT_PANE = "chat"
@@ -191,14 +191,14 @@ class AbiApp(App[None]):
         return self.screen_stack[0]
 
     def panes(self) -> list[Pane]:
-        from abi_tui.screens.base import Pane
+        from abi_tui.panes.base import Pane
 
         if not self.screen_stack:  # closing: nobody left to tell
             return []
         return list(self.main_screen.query(Pane).results(Pane))
 
     def pane(self, pane_id: str) -> Pane:
-        from abi_tui.screens.base import Pane
+        from abi_tui.panes.base import Pane
 
         return self.main_screen.query_one(f"#pane-{pane_id}-body", Pane)
 
@@ -248,10 +248,10 @@ class AbiApp(App[None]):
 
     def binding_catalogue(self) -> list[tuple[str, Binding]]:
         """Every binding of the dashboard with where it works: the help screen lists these."""
-        from abi_tui.screens.confirm import ConfirmDialog
-        from abi_tui.screens.help import HelpScreen
-        from abi_tui.screens.hub_search import HubSearch
-        from abi_tui.screens.switcher import ModelSwitcher
+        from abi_tui.dialogs.confirm import ConfirmDialog
+        from abi_tui.dialogs.help import HelpScreen
+        from abi_tui.dialogs.hub_search import HubSearch
+        from abi_tui.dialogs.switcher import ModelSwitcher
 
         found: list[tuple[str, Binding]] = []
 
@@ -280,7 +280,7 @@ class AbiApp(App[None]):
         return self.key_label_for(binding.id or "", binding.key)
 
     def action_help(self) -> None:
-        from abi_tui.screens.help import HelpScreen
+        from abi_tui.dialogs.help import HelpScreen
 
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
@@ -460,7 +460,7 @@ class AbiApp(App[None]):
 
     # -- model switching ----------------------------------------------------------------------
     def action_switch_model(self) -> None:
-        from abi_tui.screens.switcher import ModelSwitcher
+        from abi_tui.dialogs.switcher import ModelSwitcher
 
         if isinstance(self.screen, ModelSwitcher):
             return

@@ -1,7 +1,7 @@
 """History charts drawn with plotext (textual-plotext): one line (or stacked area) per series
 over the last N samples, newest at the right edge, like nvitop's history graphs.
 
-Importing this module imports plotext (~150 ms): screens import it when a chart is first
+Importing this module imports plotext (~150 ms): panes import it when a chart is first
 needed, never while `abi dash` paints its first frame.
 
 A chart only stores data in `show()`; plotext builds the picture in `render()`, which Textual

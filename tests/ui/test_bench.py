@@ -21,7 +21,7 @@ from textual.widgets import DataTable, Input, Select, Static
 
 from abi_tui.app import AbiApp
 from abi_tui.bench import LiveSample, load_run
-from abi_tui.screens.bench import BenchPane
+from abi_tui.panes.bench import BenchPane
 from abi_tui.widgets.bench_live import LiveRun, TimeBins
 
 from .conftest import SIZE, wait_for

@@ -20,7 +20,7 @@ import pytest
 from textual.widgets import DataTable, Static
 
 from abi_tui.app import DEFAULT_PANE, AbiApp
-from abi_tui.screens.gpu import GpuPane
+from abi_tui.panes.gpu import GpuPane
 from abi_tui.server.state import STATE
 from abi_tui.telemetry import HostRecord, NvmlReader, ProcessRecord
 from abi_tui.widgets.gpu_card import GpuCard

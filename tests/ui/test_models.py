@@ -10,10 +10,10 @@ from textual.widgets import DataTable
 from tiny_gguf import write_truncated_gguf
 
 from abi_tui.app import AbiApp
-from abi_tui.screens.confirm import ConfirmDialog
-from abi_tui.screens.hub_search import HubSearch
-from abi_tui.screens.models import ModelsPane
-from abi_tui.screens.switcher import ModelSwitcher
+from abi_tui.dialogs.confirm import ConfirmDialog
+from abi_tui.dialogs.hub_search import HubSearch
+from abi_tui.panes.models import ModelsPane
+from abi_tui.dialogs.switcher import ModelSwitcher
 from abi_tui.widgets.download_row import DownloadRow
 from abi_tui.widgets.header import StatusHeader
 

@@ -12,8 +12,8 @@ from textual.widgets import DataTable
 
 from abi_tui.app import PANES, AbiApp
 from abi_tui.config import load_settings
-from abi_tui.screens.help import HelpScreen
-from abi_tui.screens.switcher import ModelSwitcher
+from abi_tui.dialogs.help import HelpScreen
+from abi_tui.dialogs.switcher import ModelSwitcher
 from abi_tui.widgets.header import StatusHeader
 
 from .conftest import SIZE, wait_for

@@ -12,8 +12,8 @@ from textual.command import CommandPalette
 from textual.widgets import DataTable, OptionList
 
 from abi_tui.app import AbiApp
-from abi_tui.screens.help import HelpScreen
-from abi_tui.screens.switcher import ModelSwitcher
+from abi_tui.dialogs.help import HelpScreen
+from abi_tui.dialogs.switcher import ModelSwitcher
 from abi_tui.widgets.download_row import DownloadRow
 from tests.models.fakehub import Fault
 
@@ -63,7 +63,7 @@ def test_server_pane(snap_compare, dash):
     async def polled(pilot: Any) -> None:
         # The other panes ask the server for their data as they mount, and the Requests log's
         # first read shows all that the server counted: show the pane once that is over.
-        from abi_tui.screens.server import POLLED_ROUTES
+        from abi_tui.panes.server import POLLED_ROUTES
 
         await wait_for(pilot, lambda: pilot.app.client is not None, what="the client")
         seen, previous = None, {}

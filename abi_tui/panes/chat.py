@@ -31,7 +31,7 @@ from textual.widgets.option_list import Option
 
 from abi_tui.client import ChatMessage, ClientError, ConversationInfo, PersonaChatStream
 from abi_tui.connection import LinkStatus
-from abi_tui.screens.base import Pane
+from abi_tui.panes.base import Pane
 from abi_tui.widgets.chat_view import (
     AnswerMessage,
     ChatInput,
@@ -458,7 +458,7 @@ class ChatPane(Pane):
         self.refresh_conversations()
 
     def action_delete(self) -> None:
-        from abi_tui.screens.confirm import ConfirmDialog
+        from abi_tui.dialogs.confirm import ConfirmDialog
 
         conversation = self.target_conversation()
         if conversation is None:

@@ -32,7 +32,7 @@ from textual.widgets import DataTable, Static
 from abi_tui.client import CONNECTION_OPEN, ClientError, ServerEvent
 from abi_tui.connection import LinkStatus
 from abi_tui.formatting import human_bytes
-from abi_tui.screens.base import Pane
+from abi_tui.panes.base import Pane
 
 if TYPE_CHECKING:
     from abi_tui.telemetry.schema import GpuRecord, GpuStatus, HostRecord

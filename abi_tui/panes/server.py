@@ -26,7 +26,7 @@ from textual.widgets import RichLog, Static
 from abi_tui.client import CONNECTION_LOST, CONNECTION_OPEN, ClientError, ServerEvent
 from abi_tui.connection import LinkStatus
 from abi_tui.formatting import human_bytes, human_ctx
-from abi_tui.screens.base import Pane
+from abi_tui.panes.base import Pane
 
 POLL_S = 2.0
 # What the dashboard itself asks for every few seconds: noise in a request log.

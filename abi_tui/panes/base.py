@@ -1,6 +1,6 @@
 """The pane contract: what every pane (Chat, Models, GPU, Bench, Server) gets from the app.
 
-A pane is a `Pane` subclass in `abi_tui/screens/<pane>.py`, named in `PANES` in app.py. It:
+A pane is a `Pane` subclass in `abi_tui/panes/<pane>.py`, named in `PANES` in app.py. It:
 
 - reaches the server only through `self.client` (an `AbiClient`), from workers, never blocking;
 - gets `server_status(status)` on every change of connection or /health (LinkStatus), and

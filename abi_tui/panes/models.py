@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Static
 from abi_tui.client import ClientError, DownloadProgress, ModelEntry, ServerEvent
 from abi_tui.connection import LinkStatus
 from abi_tui.formatting import human_bytes, human_count, human_ctx
-from abi_tui.screens.base import Pane
+from abi_tui.panes.base import Pane
 from abi_tui.widgets.download_row import DownloadRow
 
 COLUMNS = ("Name", "Quant", "Size", "Params", "Ctx", "Source", "Loaded")
@@ -281,7 +281,7 @@ class ModelsPane(Pane):
         self.abi.swap_model(name)
 
     def action_remove(self) -> None:
-        from abi_tui.screens.confirm import ConfirmDialog
+        from abi_tui.dialogs.confirm import ConfirmDialog
 
         name = self.selected_name()
         if not name:
@@ -311,7 +311,7 @@ class ModelsPane(Pane):
 
     # -- downloads ----------------------------------------------------------------------------
     def action_download(self) -> None:
-        from abi_tui.screens.hub_search import HubSearch
+        from abi_tui.dialogs.hub_search import HubSearch
 
         def chosen(spec: str | None) -> None:
             if spec:

@@ -34,7 +34,7 @@ from textual.widgets import Button, DataTable, Input, Label, Select, Static, Tab
 
 from abi_tui.bench.presets import PATTERN_ALIASES, PRESETS
 from abi_tui.connection import LinkStatus
-from abi_tui.screens.base import Pane
+from abi_tui.panes.base import Pane
 from abi_tui.widgets.bench_live import LiveRun
 from abi_tui.widgets.bench_summary import summary_renderable
 
