@@ -244,3 +244,16 @@ class StreamFlags(requests.Body):
 
 
 MESSAGES = TypeAdapter(requests.MessageList)
+
+
+MAX_EMBEDDING_INPUTS = 2048
+
+
+def embedding_texts(value: Any) -> list[str]:
+    """`input` of an embeddings request (OpenAI's and Ollama's): one string or a list of them."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise InvalidRequest("'input' must be a string or a non-empty list of strings", param="input")
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequest(f"'input' takes at most {MAX_EMBEDDING_INPUTS} strings per request", param="input")
+    return texts

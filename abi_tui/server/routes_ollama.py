@@ -23,18 +23,11 @@ from abi_tui.backends.engine import Stream, new_request_id
 from abi_tui.errors import AbiError, InvalidRequest
 from abi_tui.server import ollama_format as fmt
 from abi_tui.server import openapi, openapi_ollama
-from abi_tui.server.parse import read_json
+from abi_tui.server.parse import embedding_texts, read_json
 from abi_tui.server.routes_stream import open_stream_for
 from abi_tui.server.sse import dumps
 from abi_tui.server.state import STATE, ServerState, state_of
-from abi_tui.server.streaming import (
-    ClientStalled,
-    collect,
-    drop_connection,
-    too_slow,
-    write_timeout_seconds,
-    write_within,
-)
+from abi_tui.server.streaming import collect, pump
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +292,9 @@ class Lines:
                 "eval_count": stream.completion_tokens,
                 "eval_duration": int((end - first) * ns) if first else 0}
 
+    def start(self, stream: Stream) -> bytes:
+        return b""  # Ollama's stream opens with the first piece
+
     def end(self, stream: Stream) -> bytes:
         return dumps(self.final(stream)).encode() + b"\n"
 
@@ -307,32 +303,15 @@ class Lines:
 
 
 async def pump_ndjson(request: web.Request, stream: Stream, lines: Lines) -> web.StreamResponse:
-    """`streaming.pump_sse` for NDJSON: no heartbeats (a blank or comment line is not JSON)."""
-    timeout = write_timeout_seconds(request)
-    response: web.StreamResponse | None = None
-    try:
+    async def open_response() -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no",
                                                "X-Request-Id": stream.request.request_id})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        async for pieces in stream.events(None):
-            await write_within(response, lines.tokens(stream, pieces), timeout)
-        last = lines.error(stream, stream.error) if stream.error is not None else lines.end(stream)
-        await write_within(response, last, timeout)
-        await write_within(response, None, timeout)
-    except ClientStalled as stalled:
-        stream.cancel()
-        log.warning("dropped stream %s: %s", stream.request.request_id, stalled)
-        assert response is not None  # only writes time out
-        await drop_connection(request, response, lines.error(stream, too_slow(stalled)))
-    except ConnectionError:
-        if response is None:
-            raise
-    finally:
-        if not stream.channel.closed:
-            stream.cancel()
-    return response
+        return response
+
+    return await pump(request, stream, lines, open_response, heartbeat=None)
 
 
 async def _generate(request: web.Request, body: dict[str, Any], name: str,
@@ -438,13 +417,7 @@ async def embed(request: web.Request) -> web.Response:
     state = state_of(request)
     body = await read_json(request, state.settings.server.max_body_bytes)
     name = fmt.model_name(body)
-    texts = body.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise InvalidRequest("'input' must be a string or a non-empty list of strings", param="input")
-    if len(texts) > 2048:
-        raise InvalidRequest("'input' takes at most 2048 strings per request", param="input")
+    texts = embedding_texts(body.get("input"))
     dimensions = body.get("dimensions")
     if isinstance(dimensions, float) and dimensions.is_integer():
         dimensions = int(dimensions)  # JSON's 8.0 is the integer 8

@@ -20,7 +20,7 @@ from abi_tui.backends.base import GenerationRequest
 from abi_tui.backends.engine import Stream
 from abi_tui.backends.tool_calls import ToolCallParser, split_answer
 from abi_tui.errors import AbiError, InvalidRequest
-from abi_tui.server.parse import chat_request, completion_request, read_json, stream_flags
+from abi_tui.server.parse import chat_request, completion_request, embedding_texts, read_json, stream_flags
 from abi_tui.server.routes_stream import open_stream_for
 from abi_tui.server.sse import DONE_FRAME, dumps, open_sse, sse_frame
 from abi_tui.server.state import state_of
@@ -365,13 +365,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def embeddings(request: web.Request) -> web.Response:
     state = state_of(request)
     data = await read_json(request, state.settings.server.max_body_bytes)
-    texts = data.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise InvalidRequest("'input' must be a string or a non-empty list of strings", param="input")
-    if len(texts) > 2048:
-        raise InvalidRequest("'input' takes at most 2048 strings per request", param="input")
+    texts = embedding_texts(data.get("input"))
     encoding = data.get("encoding_format", "float")
     if encoding not in ("float", "base64"):
         raise InvalidRequest("'encoding_format' must be 'float' or 'base64'", param="encoding_format")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from aiohttp import web
@@ -86,13 +87,24 @@ def too_slow(stalled: ClientStalled) -> ClientTooSlow:
 
 
 async def pump_sse(request: web.Request, stream: Stream, encoder: StreamEncoder) -> web.StreamResponse:
-    heartbeat = heartbeat_seconds(request)
+    headers = {"X-Request-Id": stream.request.request_id}
+    return await pump(request, stream, encoder, lambda: open_sse(request, headers=headers),
+                      heartbeat_seconds(request))
+
+
+async def pump(request: web.Request, stream: Stream, encoder: StreamEncoder,
+               open_response: Callable[[], Awaitable[web.StreamResponse]],
+               heartbeat: float | None) -> web.StreamResponse:
+    """Write a stream through `encoder` into the response `open_response` prepares, within the
+    write timeout; a stalled or vanished client cancels the generation and frees its slot.
+    `heartbeat` None sends none (NDJSON has no line a client would skip)."""
     timeout = write_timeout_seconds(request)
     response: web.StreamResponse | None = None
     try:
         # Inside the try: a client gone before the headers go out must still free its slot.
-        response = await open_sse(request, headers={"X-Request-Id": stream.request.request_id})
-        await write_within(response, encoder.start(stream), timeout)
+        response = await open_response()
+        if opening := encoder.start(stream):
+            await write_within(response, opening, timeout)
         async for item in stream.events(heartbeat):
             if item is HEARTBEAT:
                 await write_within(response, HEARTBEAT_FRAME, timeout)
