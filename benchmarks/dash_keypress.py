@@ -252,7 +252,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             deadline = time.monotonic() + 60
             while not (app.link.connected and app.link.health and app.link.health.model):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the dashboard did not connect: {app.link.error}")
+                    log = settings.logs_dir / "server.log"
+                    tail = log.read_text()[-2000:] if log.exists() else "(no server.log)"
+                    raise RuntimeError(f"the dashboard did not connect: {app.link.error}; "
+                                       f"health {app.link.health}; server.log ends:\n{tail}")
                 await pilot.pause(0.1)
             url = app.link.url
             assert url is not None

@@ -158,3 +158,40 @@ async def test_embedded_server_that_cannot_start_is_reported(abi_home):
         assert any("--token" in n.message for n in app._notifications)
         await pilot.press("alt+s", "question_mark")  # still a working dashboard
         assert isinstance(app.screen, HelpScreen)
+
+
+async def test_the_footer_shows_the_pane_keys_and_rebuilds_only_when_they_change(ui_server, make_app):
+    from textual.widgets._footer import FooterKey
+
+    from abi_tui.widgets.footer import KeysFooter
+
+    app = make_app(ui_server())
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.link.connected, what="connection")
+        await pilot.press("escape", "2")
+        await pilot.pause(0.3)
+        footer = app.query_one(KeysFooter)
+
+        def shown() -> set[str]:
+            return {key.description for key in footer.query(FooterKey)
+                    if key.description and not key.has_class("-command-palette")}
+
+        def wanted() -> set[str]:
+            return {b.description for _, b, _, _ in app.screen.active_bindings.values() if b.show and b.description}
+
+        assert shown() == wanted()
+        rebuilds = []
+        original = footer.recompose
+
+        async def counted() -> None:
+            rebuilds.append(app.active_pane)
+            await original()
+
+        footer.recompose = counted  # type: ignore[method-assign]
+        for _ in range(3):  # the signal, with the same keys to show
+            footer.bindings_changed(app.screen)
+        await pilot.pause(0.2)
+        assert rebuilds == []
+        await pilot.press("1")  # the Chat pane: its message box has other keys
+        await wait_for(pilot, lambda: rebuilds and shown() == wanted(), what="the Chat pane's keys")
+        assert shown() != set() and rebuilds == ["chat"]
