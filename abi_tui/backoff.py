@@ -13,18 +13,19 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
 
-@dataclass
 class Backoff:
-    initial: float = 0.25
-    factor: float = 2.0
-    maximum: float = 5.0
-    jitter: float = 0.2
-    attempts: int = 0
-    rand: Callable[[], float] = field(default=random.random, repr=False, compare=False)
+    def __init__(self, initial: float = 0.25, factor: float = 2.0, maximum: float = 5.0,
+                 jitter: float = 0.2, rand: Callable[[], float] = random.random) -> None:
+        self.initial, self.factor, self.maximum, self.jitter = initial, factor, maximum, jitter
+        self.rand = rand  # a test passes a fixed draw
+        self.attempts = 0
+
+    def __repr__(self) -> str:
+        return (f"Backoff(initial={self.initial}, factor={self.factor}, maximum={self.maximum}, "
+                f"jitter={self.jitter}, attempts={self.attempts})")
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """The wait before attempt number `attempt` (1 = the first retry); no state changes."""

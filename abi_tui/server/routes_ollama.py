@@ -373,11 +373,18 @@ async def _load_or_unload(request: web.Request, body: dict[str, Any], name: str,
     return web.json_response(answer)
 
 
-async def chat(request: web.Request) -> web.StreamResponse:
+async def _generation_request(request: web.Request) -> tuple[dict[str, Any], str]:
+    """The body of /api/chat or /api/generate and the model it names, options Ollama has and
+    abi does not refused first (a 400 naming them, not a silently different answer)."""
     state = state_of(request)
     body = await read_json(request, state.settings.server.max_body_bytes)
     name = fmt.model_name(body)
     fmt.refuse_unsupported(body)
+    return body, name
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body, name = await _generation_request(request)
     messages = fmt.chat_messages(body)
     if messages is None:
         return await _load_or_unload(request, body, name, "message")
@@ -385,10 +392,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    state = state_of(request)
-    body = await read_json(request, state.settings.server.max_body_bytes)
-    name = fmt.model_name(body)
-    fmt.refuse_unsupported(body)
+    body, name = await _generation_request(request)
     prompt = fmt.generate_input(body)
     if prompt.empty:
         return await _load_or_unload(request, body, name, "response")
