@@ -271,7 +271,11 @@ def test_gemma_through_the_ollama_client(serve, gemma_model):
     assert "Berlin" in whole.response and whole.eval_count == 16
     streamed = list(client.generate(model=name, prompt=prompt, raw=True, stream=True,
                                     options={**GREEDY, "num_predict": 16}))
-    assert "".join(p.response for p in streamed) == whole.response
+    # Compared with a request that also finds the prompt cached: a cold prefill computes the last
+    # prompt token in a batch, a warm one alone, and on some CPU builds that rounding difference
+    # flips a near tie in greedy decoding.
+    again = client.generate(model=name, prompt=prompt, raw=True, options={**GREEDY, "num_predict": 16})
+    assert "".join(p.response for p in streamed) == again.response
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
                                                "country": {"type": "string", "enum": ["France", "Germany"]}},
               "required": ["city", "country"]}
