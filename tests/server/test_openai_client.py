@@ -115,7 +115,10 @@ def test_gemma_through_openai_client(serve, gemma_model):
     prompt = "The capital of France is Paris. The capital of Germany is"
     whole = client.completions.create(model=GEMMA, prompt=prompt, max_tokens=16, temperature=0)
     streamed = list(client.completions.create(model=GEMMA, prompt=prompt, max_tokens=16, temperature=0, stream=True))
-    assert "".join(p.choices[0].text for p in streamed) == whole.choices[0].text
+    # Against a request that also finds the prompt cached: a cold prefill computes the last prompt
+    # token in a batch, a warm one alone, and on some CPU builds that rounding flips a near tie.
+    again = client.completions.create(model=GEMMA, prompt=prompt, max_tokens=16, temperature=0)
+    assert "".join(p.choices[0].text for p in streamed) == again.choices[0].text
     assert "Berlin" in whole.choices[0].text
     llama = Llama(model_path=str(gemma_model), n_ctx=256, verbose=False)
     assert whole.usage.prompt_tokens == len(llama.tokenize(prompt.encode(), add_bos=True))
