@@ -58,6 +58,8 @@ class ModelsPane(Pane):
         self._info_pending: str | None = None
         self._refresh_timer: Timer | None = None
         self._was_up = False
+        self._listing = False  # a GET /api/models is in flight
+        self._list_again = False  # something changed while it was: list once more when it ends
         self._row_serial = 0
         self.shown_budget: int | None = None  # the pool budget the details were drawn with
 
@@ -113,7 +115,7 @@ class ModelsPane(Pane):
             self.schedule_refresh()
 
     def pane_shown(self) -> None:
-        if self.link.connected and not self.models:
+        if self.link.connected and not self.models and not self._listing:
             self.schedule_refresh(0)
 
     # -- cached models ------------------------------------------------------------------------
@@ -131,21 +133,35 @@ class ModelsPane(Pane):
         self.info_cache.clear()
         self.refresh_models()
 
-    @work(exclusive=True, group="models-list")
-    async def refresh_models(self) -> None:
-        if self.client is None:
-            return
+    def refresh_models(self) -> None:
+        """List the cache now, or once more after the listing in flight. A listing is never
+        cancelled: a cancelled one costs the server the same work and logs a 499 in its Requests."""
+        if self._listing:
+            self._list_again = True
+        else:
+            self._listing = True
+            self.list_models()
+
+    @work(group="models-list")
+    async def list_models(self) -> None:
         try:
-            models = await self.client.models()
-        except ClientError as exc:
-            message = exc.message
-            if exc.status == 404 and "no such route" in message:
-                message = "this server has no model cache API (GET /api/models)"
-            with suppress(NoMatches):  # the app may be closing under this worker
-                self.query_one("#model-info", Static).update(f"[$error]Cannot list models:[/] {message}")
-            return
-        with suppress(NoMatches):
-            self.fill(models)
+            while self.client is not None:
+                self._list_again = False
+                try:
+                    models = await self.client.models()
+                except ClientError as exc:
+                    message = exc.message
+                    if exc.status == 404 and "no such route" in message:
+                        message = "this server has no model cache API (GET /api/models)"
+                    with suppress(NoMatches):  # the app may be closing under this worker
+                        self.query_one("#model-info", Static).update(f"[$error]Cannot list models:[/] {message}")
+                    return
+                with suppress(NoMatches):
+                    self.fill(models)
+                if not self._list_again:
+                    return
+        finally:
+            self._listing = False
 
     def fill(self, models: list[ModelEntry]) -> None:
         table = self.query_one(DataTable)

@@ -186,3 +186,27 @@ async def test_remove_a_model_after_confirming(ui_server, make_app, cached):
         await wait_for(pilot, lambda: "Could not remove tiny" in messages(app), what="the refusal")
         assert cached["tiny"].exists() and "tiny" in table_names(app)
         assert isinstance(app.pane("models"), ModelsPane)
+
+
+async def test_refreshes_in_a_burst_never_cancel_a_listing(ui_server, make_app, cached):
+    """Refreshes asked for while a listing is in flight (a burst of events, a pane shown, ctrl+r)
+    wait for it and list once more: a cancelled listing costs the server the same work and shows
+    in its Requests log as a client that hung up (499)."""
+    app = make_app(ui_server())
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        pane = app.pane("models")
+        await wait_for(pilot, lambda: not pane._listing, what="the first listing")
+        before = await app.client.metrics()
+        for _ in range(5):  # in one turn of the loop, as a burst of events arrives
+            pane.refresh_models()
+        await wait_for(pilot, lambda: not pane._listing, what="the burst's listings")
+        after = await app.client.metrics()
+
+        def listings(samples, status):
+            return sum(v for labels, v in samples.get("abi_requests_total", [])
+                       if labels.get("route") == "/api/models" and labels.get("status") == status)
+
+        assert listings(after, "499") == listings(before, "499") == 0
+        assert 1 <= listings(after, "200") - listings(before, "200") <= 2  # the first, then one for the rest
+        assert "tiny" in table_names(app)
