@@ -60,7 +60,7 @@ SERVER_FLAGS: dict[str, tuple[str, dict]] = {
     "server.n_ctx": ("--n-ctx", {"type": positive_int, "help": "context length per request (4096)"}),
     "server.n_gpu_layers": ("--n-gpu-layers", {"type": int, "help": "layers offloaded to the GPU, -1 = all"}),
     "server.threads": ("--threads", {"type": positive_int, "help": "CPU threads for generation"}),
-    "server.parallel": ("--parallel", {"type": positive_int, "help": "sequences decoded together per model (4)"}),
+    "server.parallel": ("--parallel", {"type": positive_int, "help": "sequences decoded together per model (8)"}),
     "server.flash_attn": ("--flash-attn", {"choices": ("auto", "on", "off"),
                                            "help": "llama.cpp flash attention (auto: llama.cpp decides)"}),
     "server.cors_origins": ("--cors-origins", {"metavar": "ORIGINS",

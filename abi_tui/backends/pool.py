@@ -11,7 +11,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,18 @@ def estimate_bytes(path: Path, options: LlamaOptions) -> int:
     value = int(header.arch_value("attention.value_length", key) or key)
     kv = layers * options.n_ctx * options.parallel * kv_heads * (key + value) * 2
     return header.file_size + kv
+
+
+def fit_parallel(path: Path, options: LlamaOptions, budget_bytes: int) -> LlamaOptions:
+    """`options` with `parallel` halved until the model and its KV cells fit the budget (at
+    least 1): more sequences than memory allows would fail the load or evict everything else."""
+    parallel = options.parallel
+    while parallel > 1 and estimate_bytes(path, replace(options, parallel=parallel)) > budget_bytes:
+        parallel //= 2
+    if parallel != options.parallel:
+        log.info("%s: %d parallel sequences instead of %d, to fit %d bytes", path.name, parallel,
+                 options.parallel, budget_bytes)
+    return replace(options, parallel=parallel)
 
 
 class ModelPool:
@@ -144,6 +156,7 @@ class ModelPool:
             self.loading.pop(name, None)
 
     async def _load(self, name: str, path: Path, options: LlamaOptions, pin: bool) -> LlamaBackend:
+        options = await asyncio.to_thread(fit_parallel, path, options, self.budget_bytes)
         need = await asyncio.to_thread(estimate_bytes, path, options)
         await self._make_room(need, exclude=name)
         self.publish("model.loading", {"model": name, "path": str(path)})

@@ -199,3 +199,22 @@ async def test_openapi_describes_every_route(server):
         served.add(info.get("path") or info.get("formatter"))
     assert document["openapi"].startswith("3.1")
     assert served <= set(document["paths"]), served - set(document["paths"])
+
+
+async def test_parallel_fits_the_memory_budget(app_server, tiny_model):
+    """8 sequences by default; a budget too small for 8 sequences' KV cells gets fewer, and
+    /health says how many."""
+    from dataclasses import replace
+
+    from abi_tui.backends.llamacpp import LlamaOptions
+    from abi_tui.backends.pool import estimate_bytes
+
+    roomy = await app_server(model=str(tiny_model), threads=1, n_ctx=512)
+    assert roomy.state.engine.active_backend().capacity == 8
+    budget = estimate_bytes(tiny_model, replace(LlamaOptions(n_ctx=512), parallel=2))
+    tight = await app_server(model=str(tiny_model), threads=1, n_ctx=512, pool_memory_budget=budget)
+    async with aiohttp.ClientSession(tight.url) as session:
+        async with session.get("/health") as response:
+            assert (await response.json())["parallel"] == 2
+        async with session.post("/v1/completions", json={"prompt": "hi", "max_tokens": 4}) as response:
+            assert response.status == 200
