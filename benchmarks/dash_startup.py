@@ -2,8 +2,9 @@
 
 Each run starts the program in a pseudo-terminal (110x32) with a fresh $ABI_HOME, reads what it
 writes, and stops the clock when the first full frame is on screen: the header and the pane
-tabs ("5 Server"). The embedded server starts after that frame, on its own thread, so the
-number is what a user waits for before the dashboard answers keys. The baseline is a minimal
+tabs ("5 Server"). The dashboard's server starts after that frame, in a child process of its own
+(`abi dash --serve` on a free loopback port), so the number is what a user waits for before
+the dashboard answers keys. The baseline is a minimal
 Textual app painting one line the same way: the difference is abi's own start-up cost.
 
     python benchmarks/dash_startup.py [--runs 5] [--budget 1.5]

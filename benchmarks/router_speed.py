@@ -7,7 +7,7 @@ under 5 ms) and for two baselines, twice: wall-clock time, and the thread's CPU 
 (which leaves out time the OS gave to other processes, so a busy machine does not inflate the
 tail). The load average is printed with them.
 - "lower+split": just `str.lower().split()`, the floor any word-based router pays;
-- "naive substring": the keyword-in-text router the SPEC warns about ("go" in "good"), with
+- "naive substring": the keyword-in-text router that matches inside words ("go" in "good"), with
   the same number of keywords; its accuracy on the labelled set is printed too.
 """
 

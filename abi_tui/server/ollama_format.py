@@ -102,8 +102,8 @@ def _is_off(value: Any, off: tuple[Any, ...]) -> bool:
 def refuse_unsupported(body: dict[str, Any]) -> None:
     """Features abi cannot serve, each a 400 saying so (their empty or off values pass)."""
     if not _none_or_empty(body.get("tools")):
-        raise InvalidRequest("'tools' is not supported: abi's generation path has no tool calling yet; "
-                             "send the request without tools", param="tools")
+        raise InvalidRequest("'tools' is not supported on Ollama's routes yet; OpenAI's "
+                             "/v1/chat/completions takes the same tool definitions", param="tools")
     if not _is_off(body.get("think"), (None, False)):
         raise InvalidRequest("'think' is not supported: abi's models have no thinking mode; "
                              "leave it out or send false", param="think")
