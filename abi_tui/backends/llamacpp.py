@@ -65,11 +65,6 @@ DRY_BREAKERS = (b"\n", b":", b'"', b"*")
 # the cells), so a new conversation prefills only its own messages.
 PINNED_PREFIXES = 4
 PIN_CHUNK = 64  # prompt tokens of a pin prefilled per step while other sequences are generating
-# Finished sequences keep their cells for the next turn's prefix, but in the one (unified) KV
-# cache every running sequence's attention scans them too, masked: measured on SmolLM2 with 8
-# streams, 6,000 kept cells made each decode step 20-50% slower. When a sequence starts, the
-# newest kept prefix stays (a chat's next turn) and older ones only while they hold this many.
-KEPT_CELLS = 512
 FLASH_ATTN = {"auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
               "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED}
 
@@ -379,7 +374,6 @@ class LlamaBackend:
             return
         seq.seq_id, reused = self._pick_slot(seq.tokens)
         seq.prefilled = seq.n_past = reused
-        self._trim_kept()
         try:
             seq.sampler = self._build_sampler(seq.prepared.request.params, seq.grammar)
         except Exception as exc:
@@ -452,15 +446,6 @@ class LlamaBackend:
         """-1 for a free sequence without cells, else its kept prefix's age rank (0 = oldest)."""
         order = list(self._slot_tokens)  # in the order the sequences finished
         return order.index(seq_id) if seq_id in self._slot_tokens else -1
-
-    def _trim_kept(self) -> None:
-        kept = list(self._slot_tokens)[:-1]  # oldest first; the newest always stays
-        total = sum(len(tokens) for tokens in self._slot_tokens.values())
-        for seq_id in kept:
-            if total <= KEPT_CELLS:
-                break
-            total -= len(self._slot_tokens.pop(seq_id))
-            L.llama_memory_seq_rm(self.ctx.memory, seq_id, -1, -1)
 
     def _pin_slot(self, key: str, n_tokens: int) -> int:
         """A sequence id for a new pin: its old one, else a free pin id, evicting the least
