@@ -395,8 +395,10 @@ class LlamaBackend:
         Finished sequences keep their cells, so a prompt that repeats an earlier one (a chat
         sends its whole history every turn) prefills only what is new, as llama-server's
         prompt cache does. At least the last prompt token is decoded again for its logits."""
-        # Without a prefix to reuse: a free sequence holding no cells, else the oldest kept one.
-        best, reused = min(self._free_ids, key=self._kept_rank), 0
+        # Without a prefix to reuse: a free sequence holding no cells, else the one kept longest
+        # (every kept sequence is free; the dict is in the order they finished).
+        best = next((i for i in self._free_ids if i not in self._slot_tokens), None)
+        best, reused = (best if best is not None else next(iter(self._slot_tokens))), 0
         for seq_id in self._free_ids:
             kept = self._slot_tokens.get(seq_id, ())
             common = _common_prefix(kept, prompt)
@@ -441,11 +443,6 @@ class LlamaBackend:
         self._slot_tokens.pop(best, None)
         self.prompt_tokens_reused += reused
         return best, reused
-
-    def _kept_rank(self, seq_id: int) -> int:
-        """-1 for a free sequence without cells, else its kept prefix's age rank (0 = oldest)."""
-        order = list(self._slot_tokens)  # in the order the sequences finished
-        return order.index(seq_id) if seq_id in self._slot_tokens else -1
 
     def _pin_slot(self, key: str, n_tokens: int) -> int:
         """A sequence id for a new pin: its old one, else a free pin id, evicting the least

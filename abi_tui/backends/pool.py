@@ -76,16 +76,19 @@ def estimate_bytes(path: Path, options: LlamaOptions) -> int:
     return header.file_size + kv
 
 
-def fit_parallel(path: Path, options: LlamaOptions, budget_bytes: int) -> LlamaOptions:
+def fit_parallel(path: Path, options: LlamaOptions, budget_bytes: int) -> tuple[LlamaOptions, int]:
     """`options` with `parallel` halved until the model and its KV cells fit the budget (at
-    least 1): more sequences than memory allows would fail the load or evict everything else."""
-    parallel = options.parallel
-    while parallel > 1 and estimate_bytes(path, replace(options, parallel=parallel)) > budget_bytes:
-        parallel //= 2
-    if parallel != options.parallel:
-        log.info("%s: %d parallel sequences instead of %d, to fit %d bytes", path.name, parallel,
+    least 1), and their estimate: more sequences than memory allows would fail the load or
+    evict everything else."""
+    fitted = options
+    need = estimate_bytes(path, fitted)
+    while fitted.parallel > 1 and need > budget_bytes:
+        fitted = replace(fitted, parallel=fitted.parallel // 2)
+        need = estimate_bytes(path, fitted)
+    if fitted.parallel != options.parallel:
+        log.info("%s: %d parallel sequences instead of %d, to fit %d bytes", path.name, fitted.parallel,
                  options.parallel, budget_bytes)
-    return replace(options, parallel=parallel)
+    return fitted, need
 
 
 class ModelPool:
@@ -156,8 +159,7 @@ class ModelPool:
             self.loading.pop(name, None)
 
     async def _load(self, name: str, path: Path, options: LlamaOptions, pin: bool) -> LlamaBackend:
-        options = await asyncio.to_thread(fit_parallel, path, options, self.budget_bytes)
-        need = await asyncio.to_thread(estimate_bytes, path, options)
+        options, need = await asyncio.to_thread(fit_parallel, path, options, self.budget_bytes)
         await self._make_room(need, exclude=name)
         self.publish("model.loading", {"model": name, "path": str(path)})
         started = time.perf_counter()

@@ -204,14 +204,12 @@ async def test_openapi_describes_every_route(server):
 async def test_parallel_fits_the_memory_budget(app_server, tiny_model):
     """8 sequences by default; a budget too small for 8 sequences' KV cells gets fewer, and
     /health says how many."""
-    from dataclasses import replace
-
     from abi_tui.backends.llamacpp import LlamaOptions
     from abi_tui.backends.pool import estimate_bytes
 
     roomy = await app_server(model=str(tiny_model), threads=1, n_ctx=512)
     assert roomy.state.engine.active_backend().capacity == 8
-    budget = estimate_bytes(tiny_model, replace(LlamaOptions(n_ctx=512), parallel=2))
+    budget = estimate_bytes(tiny_model, LlamaOptions(n_ctx=512, parallel=2))
     tight = await app_server(model=str(tiny_model), threads=1, n_ctx=512, pool_memory_budget=budget)
     async with aiohttp.ClientSession(tight.url) as session:
         async with session.get("/health") as response:
