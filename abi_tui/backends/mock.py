@@ -2,7 +2,9 @@
 
 It exists to measure the serving pipeline: delays are asynchronous sleeps on absolute deadlines
 (so timer slack does not accumulate), prompts are counted by whitespace, and the text it streams
-is the prompt's words played back, so nobody mistakes it for a model's answer.
+is the prompt's words played back, so nobody mistakes it for a model's answer. When a request
+offers tools, that text is read for calls in the fallback `<tool_call>` format, as a model's
+answer would be: a message that is a call, played back, tests the tool-call path end to end.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from abi_tui.backends import tool_calls
 from abi_tui.backends.base import CancelFlag, GenerationRequest, Prepared, TokenChannel
 from abi_tui.backends.mock_patterns import PATTERNS, token_delay_ms
 from abi_tui.backends.text import StopMatcher
@@ -84,7 +87,9 @@ class MockBackend:
             raise ContextLengthExceeded(
                 f"the mock's context is {MOCK_CONTEXT} tokens; this request needs {prompt_tokens} prompt + "
                 f"{max_tokens} completion tokens", param="max_tokens")
-        return Prepared(request, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+        offered = tool_calls.offered_tools(request.tools, request.tool_choice) if request.messages else []
+        return Prepared(request, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                        tool_format=tool_calls.FALLBACK if offered else None)
 
     def start(self, prepared: Prepared, channel: TokenChannel, cancel: CancelFlag) -> None:
         task = asyncio.get_running_loop().create_task(self._run(prepared, channel, cancel))

@@ -7,15 +7,19 @@ Ollama's wire format (its `api/types.go`): every field is checked here with a 40
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from abi_tui.backends.base import GenerationRequest, SamplingParams
 from abi_tui.backends.grammar import schema_grammar
 from abi_tui.errors import InvalidRequest
+from abi_tui.server import requests
 from abi_tui.server.parse import parse_messages
 
 # Ollama's defaults for the options a client leaves out (its `api.DefaultOptions`).
@@ -101,9 +105,6 @@ def _is_off(value: Any, off: tuple[Any, ...]) -> bool:
 
 def refuse_unsupported(body: dict[str, Any]) -> None:
     """Features abi cannot serve, each a 400 saying so (their empty or off values pass)."""
-    if not _none_or_empty(body.get("tools")):
-        raise InvalidRequest("'tools' is not supported on Ollama's routes yet; OpenAI's "
-                             "/v1/chat/completions takes the same tool definitions", param="tools")
     if not _is_off(body.get("think"), (None, False)):
         raise InvalidRequest("'think' is not supported: abi's models have no thinking mode; "
                              "leave it out or send false", param="think")
@@ -113,7 +114,22 @@ def refuse_unsupported(body: dict[str, Any]) -> None:
         raise InvalidRequest("'images' is not supported: abi serves text models", param="images")
 
 
-def chat_messages(body: dict[str, Any]) -> list[dict[str, str]] | None:
+TOOLS = TypeAdapter(list[requests.Tool])
+
+
+def tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """`tools`: the same function definitions as OpenAI's (Ollama has no `tool_choice`: the
+    model may answer or call, OpenAI's "auto")."""
+    value = body.get("tools")
+    if _none_or_empty(value):
+        return None
+    try:
+        return [tool.model_dump(exclude_none=True) for tool in TOOLS.validate_python(value)]
+    except ValidationError as exc:
+        raise requests.invalid_request_at("tools", exc, value) from None
+
+
+def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The messages as abi's chat records; None for a request without any (load or unload)."""
     value = body.get("messages")
     if value is None or value == []:
@@ -123,7 +139,65 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, str]] | None:
             if isinstance(message, dict) and not _none_or_empty(message.get("images")):
                 raise InvalidRequest(f"messages[{i}].images: images are not supported: abi serves text models",
                                      param=f"messages[{i}].images")
+        value = openai_messages(value)
     return parse_messages(value)
+
+
+def openai_messages(messages: list[Any]) -> list[Any]:
+    """Ollama's tool history in OpenAI's shape: a call's `arguments` is an object in Ollama and
+    JSON text in OpenAI, and Ollama's calls and results carry no ids (a result names its tool in
+    `tool_name`, or nothing). Each call gets an id, and each result the id of the earliest
+    unanswered call of its tool (else of any tool). Anything malformed is passed on as it is,
+    for the message check to name."""
+    out: list[Any] = []
+    waiting: list[tuple[str, str]] = []  # (call id, tool name) of calls without a result yet
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            out.append(message)
+            continue
+        message = {k: v for k, v in message.items() if k not in ("tool_name", "thinking", "images")}
+        calls = message.get("tool_calls")
+        if message.get("role") == "assistant" and isinstance(calls, list):
+            converted = []
+            for j, call in enumerate(calls):
+                function = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(function, dict):
+                    converted.append(call)
+                    continue
+                call_id = call.get("id") if isinstance(call.get("id"), str) and call["id"] else f"call_{i}_{j}"
+                arguments = function.get("arguments")
+                if arguments is None:
+                    arguments = {}
+                if not isinstance(arguments, str):
+                    arguments = json.dumps(arguments, ensure_ascii=False)
+                converted.append({"id": call_id, "type": "function",
+                                  "function": {"name": function.get("name"), "arguments": arguments}})
+                waiting.append((call_id, function.get("name")))
+            message["tool_calls"] = converted
+        elif message.get("role") == "tool" and not message.get("tool_call_id"):
+            name = messages[i].get("tool_name")
+            match = next((w for w in waiting if w[1] == name), waiting[0] if waiting else None)
+            if match is not None:
+                waiting.remove(match)
+            message["tool_call_id"] = match[0] if match else f"call_{i}"
+        out.append(message)
+    return out
+
+
+def ollama_tool_calls(calls: list[Any]) -> list[dict[str, Any]]:
+    """abi's parsed calls (tool_calls.Call) in Ollama's shape: `arguments` as an object."""
+    return [{"id": call.id, "function": {"index": call.index, "name": call.name,
+                                         "arguments": _object(call.arguments)}} for call in calls]
+
+
+def _object(arguments: str) -> dict[str, Any]:
+    """A call's arguments as the object Ollama's clients read; text that is no JSON object (a
+    call cut short by num_predict) is kept under "arguments"."""
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        return {"arguments": arguments}
+    return value if isinstance(value, dict) else {"arguments": value}
 
 
 @dataclass
@@ -139,6 +213,8 @@ class GenerateInput:
 
 
 def generate_input(body: dict[str, Any]) -> GenerateInput:
+    if not _none_or_empty(body.get("tools")):
+        raise InvalidRequest("'tools' belongs to /api/chat: /api/generate makes no tool calls", param="tools")
     prompt, system = _text(body, "prompt"), _text(body, "system")
     for key in ("suffix", "template"):
         if _text(body, key):
@@ -293,10 +369,11 @@ def _duration(text: str) -> float:
     return sign * sum(float(n) * DURATION_UNITS[u] for n, u in parts)
 
 
-def generation_request(name: str, messages: list[dict[str, str]] | None, prompt: str | None,
-                       params: SamplingParams, route: str) -> GenerationRequest:
+def generation_request(name: str, messages: list[dict[str, Any]] | None, prompt: str | None,
+                       params: SamplingParams, route: str,
+                       tools: list[dict[str, Any]] | None = None) -> GenerationRequest:
     return GenerationRequest(model=strip_latest(name), messages=messages, prompt=prompt, params=params,
-                             route=route)
+                             route=route, tools=tools, tool_choice="auto" if tools else "none")
 
 
 def strip_latest(name: str) -> str:

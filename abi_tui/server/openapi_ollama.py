@@ -37,15 +37,25 @@ FORMAT = _opt({"anyOf": [{"enum": ["", "json"]}, {"type": "object", "description
 COMMON = {"model": {"type": "string", "minLength": 1, "pattern": "\\S"}, "stream": _opt(BOOLEAN),
           "format": FORMAT, "options": _opt(OPTIONS), "keep_alive": KEEP_ALIVE, "think": OFF,
           "logprobs": OFF, "top_logprobs": {"enum": [None, 0]}}
-# Ollama's chat message: text turns (tool calls are refused, ollama_format.py); "images", if
-# present, empty.
+# Ollama's tool call: `arguments` is an object (OpenAI's is JSON text); abi adds the call's id and
+# index, which Ollama's newer servers send too.
+TOOL_CALL = {"type": "object", "required": ["function"], "properties": {
+    "id": STRING, "function": {"type": "object", "required": ["name"], "properties": {
+        "index": INTEGER, "name": STRING, "arguments": OBJECT}}}}
+TOOL_CALLS = _opt({"type": "array", "items": TOOL_CALL})
+TOOL = {"$ref": "#/components/schemas/Tool"}  # OpenAI's function definition, the same check
+# Ollama's chat message; "images", if present, empty. A tool result names its tool
+# (`tool_name`) or the call (`tool_call_id`), else it answers the earliest unanswered call.
 MESSAGES = {"type": "array", "items": {"oneOf": [
     {"type": "object", "required": ["role", "content"], "properties": {
         "role": {"type": "string", "enum": ["system", "user"]}, "content": STRING,
-        "images": NONE_OR_EMPTY, "tool_calls": NONE_OR_EMPTY}},
+        "images": NONE_OR_EMPTY}},
     {"type": "object", "required": ["role"], "properties": {
         "role": {"const": "assistant"}, "content": {"anyOf": [STRING, NULL]},
-        "images": NONE_OR_EMPTY, "tool_calls": NONE_OR_EMPTY}}]}}
+        "images": NONE_OR_EMPTY, "tool_calls": TOOL_CALLS}},
+    {"type": "object", "required": ["role", "content"], "properties": {
+        "role": {"const": "tool"}, "content": STRING, "tool_name": _opt(STRING),
+        "tool_call_id": _opt(STRING)}}]}}
 DETAILS = {"type": "object", "properties": {"format": STRING, "family": STRING, "parameter_size": STRING,
                                             "quantization_level": STRING}}
 MODEL = {"type": "object", "required": ["name", "model", "modified_at", "size", "digest", "details"],
@@ -55,7 +65,7 @@ COUNTERS = {"done": BOOLEAN, "done_reason": STRING, "total_duration": INTEGER, "
             "prompt_eval_count": INTEGER, "prompt_eval_duration": INTEGER, "eval_count": INTEGER,
             "eval_duration": INTEGER, "model": STRING, "created_at": STRING}
 CHAT_LINE = {"type": "object", "properties": {"message": {"type": "object", "properties": {
-    "role": STRING, "content": STRING}}, "error": STRING, **COUNTERS}}
+    "role": STRING, "content": STRING, "tool_calls": TOOL_CALLS}}, "error": STRING, **COUNTERS}}
 GENERATE_LINE = {"type": "object", "properties": {"response": STRING, "error": STRING, **COUNTERS}}
 GENERATION_ERRORS = (400, 401, 404, 409, 413, 415, 422, 429, 500, 502, 503, 504)
 
@@ -92,13 +102,14 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "Chat (Ollama API): NDJSON stream unless stream is false; no messages loads or (keep_alive 0) unloads",
         errors=GENERATION_ERRORS, ok=CHAT_LINE, ndjson=CHAT_LINE,
         body={"type": "object", "required": ["model"], "properties": {
-            "messages": _opt(MESSAGES), "tools": NONE_OR_EMPTY, **COMMON}})},
+            "messages": _opt(MESSAGES), "tools": _opt({"type": "array", "items": TOOL}), **COMMON}})},
     "/api/generate": {"post": _op(
         "Completion (Ollama API): the prompt through the chat template, or as it is with raw",
         errors=GENERATION_ERRORS, ok=GENERATE_LINE, ndjson=GENERATE_LINE,
         body={"type": "object", "required": ["model"], "properties": {
             "prompt": _opt(STRING), "system": _opt(STRING), "raw": _opt(BOOLEAN), "suffix": {"enum": [None, ""]},
-            "template": {"enum": [None, ""]}, "context": NONE_OR_EMPTY, "images": NONE_OR_EMPTY, **COMMON}})},
+            "template": {"enum": [None, ""]}, "context": NONE_OR_EMPTY, "images": NONE_OR_EMPTY,
+            "tools": NONE_OR_EMPTY, **COMMON}})},
     "/api/embed": {"post": _op(
         "Embeddings (Ollama API)", errors=(400, 401, 404, 413, 415, 422, 503),
         body={"type": "object", "required": ["model", "input"], "properties": {

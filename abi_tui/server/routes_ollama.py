@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from abi_tui.backends.engine import Stream, new_request_id
+from abi_tui.backends.tool_calls import ToolCallParser, split_answer
 from abi_tui.errors import AbiError, InvalidRequest
 from abi_tui.server import ollama_format as fmt
 from abi_tui.server import openapi, openapi_ollama
@@ -224,7 +225,7 @@ async def show(request: web.Request) -> web.Response:
         return {"modelfile": f"# abi serves this GGUF file as it is\nFROM {path}\n",
                 "parameters": f"num_ctx {state.settings.server.n_ctx}", "template": template,
                 "license": license_, "details": entry["details"], "model_info": info,
-                "modified_at": entry["modified_at"], "capabilities": ["completion"]}
+                "modified_at": entry["modified_at"], "capabilities": ["completion", "tools"]}
 
     return web.json_response(await asyncio.to_thread(describe))
 
@@ -258,32 +259,60 @@ def _gpu_offload() -> bool:
 # ----------------------------------------------------------------------------- generation
 class Lines:
     """One NDJSON line per text piece, then the final line with Ollama's counters. A piece's
-    line is a constant head and tail around its JSON text, built once per wake-up."""
+    line is a constant head and tail around its JSON text, built once per wake-up. When tools
+    were offered, the text goes through the tool-call parser: each call is sent whole, in a line
+    of its own, once the model has moved past it (Ollama's clients read a call's arguments as
+    one object, never in fragments)."""
 
     def __init__(self, name: str, opened_at: float, field: str) -> None:
         self.name = name
         self.opened_at = opened_at
         self.field = field  # "message" (chat) or "response" (generate)
+        self.parser: ToolCallParser | None = None
+        self._sent_calls = 0
 
     def _content(self, text: str) -> dict[str, Any]:
         if self.field == "message":
             return {"message": {"role": "assistant", "content": text}}
         return {"response": text}
 
+    def _line(self, content: dict[str, Any], done: bool = False) -> bytes:
+        return dumps({"model": self.name, "created_at": fmt.now_iso(), **content, "done": done}).encode() + b"\n"
+
     def tokens(self, stream: Stream, pieces: list[str]) -> bytes:
+        if self.parser is not None:
+            return self._events(self.parser.feed("".join(pieces)), finished=False)
         marker = "\x00TEXT\x00"
         line = dumps({"model": self.name, "created_at": fmt.now_iso(), **self._content(marker), "done": False})
         head, _, tail = line.partition(dumps(marker))
         head_b, tail_b = head.encode(), tail.encode() + b"\n"
         return b"".join(head_b + dumps(p).encode() + tail_b for p in pieces)
 
+    def _events(self, events: list[tuple], finished: bool) -> bytes:
+        assert self.parser is not None
+        out = [self._line(self._content(e[1])) for e in events if e[0] == "text" and e[1]]
+        calls = self.parser.calls
+        done = len(calls) if finished else max(len(calls) - 1, 0)  # the last may still grow
+        if done > self._sent_calls:
+            ready, self._sent_calls = calls[self._sent_calls:done], done
+            out.append(self._line({"message": {"role": "assistant", "content": "",
+                                               "tool_calls": fmt.ollama_tool_calls(ready)}}))
+        return b"".join(out)
+
     def final(self, stream: Stream, text: str = "") -> dict[str, Any]:
         end = stream.ended_at or time.perf_counter()
         first = stream.channel.first_token_at
         started = stream.started_at or end
         reason = stream.finish_reason if stream.finish_reason in ("stop", "length") else "stop"
+        content = self._content(text)
+        tool_format = stream.prepared.tool_format
+        if text and self.field == "message" and tool_format is not None:
+            answer, calls = split_answer(text, tool_format)
+            content = self._content(answer)
+            if calls:
+                content["message"]["tool_calls"] = fmt.ollama_tool_calls(calls)
         ns = 1_000_000_000
-        return {"model": self.name, "created_at": fmt.now_iso(), **self._content(text), "done": True,
+        return {"model": self.name, "created_at": fmt.now_iso(), **content, "done": True,
                 "done_reason": reason,
                 "total_duration": int((end - self.opened_at) * ns),
                 "load_duration": int((stream.created_at - self.opened_at) * ns),
@@ -293,10 +322,14 @@ class Lines:
                 "eval_duration": int((end - first) * ns) if first else 0}
 
     def start(self, stream: Stream) -> bytes:
+        tool_format = stream.prepared.tool_format
+        if self.field == "message" and tool_format is not None:
+            self.parser = ToolCallParser(tool_format)
         return b""  # Ollama's stream opens with the first piece
 
     def end(self, stream: Stream) -> bytes:
-        return dumps(self.final(stream)).encode() + b"\n"
+        head = self._events(self.parser.finish(), finished=True) if self.parser is not None else b""
+        return head + dumps(self.final(stream)).encode() + b"\n"
 
     def error(self, stream: Stream, error: AbiError) -> bytes:
         return dumps({"error": error.message}).encode() + b"\n"
@@ -315,13 +348,13 @@ async def pump_ndjson(request: web.Request, stream: Stream, lines: Lines) -> web
 
 
 async def _generate(request: web.Request, body: dict[str, Any], name: str,
-                    messages: list[dict[str, str]] | None, prompt: str | None, field: str,
-                    route: str) -> web.StreamResponse:
+                    messages: list[dict[str, Any]] | None, prompt: str | None, field: str,
+                    route: str, tools: list[dict[str, Any]] | None = None) -> web.StreamResponse:
     state = state_of(request)
     keep = fmt.keep_alive_seconds(body.get("keep_alive"))
     sampling = fmt.sampling(body)
     streaming = fmt.stream_flag(body)
-    generation = fmt.generation_request(name, messages, prompt, sampling.params, route)
+    generation = fmt.generation_request(name, messages, prompt, sampling.params, route, tools)
     generation.request_id = new_request_id("ollama")
     opened_at = time.perf_counter()
     # The persona hook reads which sampling options the client set (a persona's own apply otherwise).
@@ -385,10 +418,11 @@ async def _generation_request(request: web.Request) -> tuple[dict[str, Any], str
 
 async def chat(request: web.Request) -> web.StreamResponse:
     body, name = await _generation_request(request)
+    tools = fmt.tools(body)
     messages = fmt.chat_messages(body)
     if messages is None:
         return await _load_or_unload(request, body, name, "message")
-    return await _generate(request, body, name, messages, None, "message", "ollama_chat")
+    return await _generate(request, body, name, messages, None, "message", "ollama_chat", tools)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:

@@ -183,10 +183,6 @@ def test_errors_are_ollamas_shape_and_the_server_keeps_serving(server, client):
     with pytest.raises(ollama.ResponseError) as unknown:
         client.chat(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     assert unknown.value.status_code == 404 and isinstance(unknown.value.error, str)
-    with pytest.raises(ollama.ResponseError) as tools:
-        client.chat(model="tiny", messages=[{"role": "user", "content": "x"}],
-                    tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
-    assert tools.value.status_code == 400 and "tools" in tools.value.error
     cases = [
         (b"{not json", "not valid JSON"),
         (b"[1, 2]", "JSON object"),
@@ -202,6 +198,13 @@ def test_errors_are_ollamas_shape_and_the_server_keeps_serving(server, client):
         ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "think": True}, "think"),
         ({"model": "mock/constant_rate", "messages": [{"role": "user", "content": "x"}],
           "format": {"type": "object"}}, "local llama.cpp model"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": [{"function": {"name": "f"}}]},
+         "tools[0].type"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+          "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"},
+                                        {"role": "assistant", "tool_calls": [{"function": {"arguments": {}}}]}]},
+         "messages[1].tool_calls[0].function.name"),
     ]
     for body, needle in cases:
         response = post(server, "/api/chat", body)
@@ -209,6 +212,8 @@ def test_errors_are_ollamas_shape_and_the_server_keeps_serving(server, client):
         error = response.json()["error"]
         assert isinstance(error, str) and needle in error, (body, error)
     assert post(server, "/api/generate", {"model": "tiny", "prompt": "x", "suffix": "y"}).status_code == 400
+    generate_tools = post(server, "/api/generate", {"model": "tiny", "prompt": "x", "tools": [WEATHER]})
+    assert generate_tools.status_code == 400 and "/api/chat" in generate_tools.json()["error"]
     wrong_type = post(server, "/api/chat", b"{}", **{"Content-Type": "text/plain"})
     assert wrong_type.status_code == 415 and isinstance(wrong_type.json()["error"], str)
     pull = post(server, "/api/pull", {"model": "llama3"})
@@ -309,3 +314,60 @@ def test_personas_answer_with_their_moderation_first(server, client):
     openai = post(server, "/v1/chat/completions", {"model": "auto", "messages": messages}).json()
     assert reply.message.content == openai["choices"][0]["message"]["content"]  # the refusal, no model
     assert reply.eval_count == 0 and reply.done_reason == "stop" and reply.model == "auto"
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather forecast for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                   "required": ["city"]}}}
+# The mock plays the last message back: a message that is a call comes back as the model's call,
+# read by the same parser as a model's answer.
+PLAYBACK = "mock/constant_rate?min_ms=0&max_ms=0"
+CALL_TEXT = '<tool_call>{"name":"get_weather","arguments":{"city":"Paris","days":3}}</tool_call>'
+
+
+def test_tool_calls_come_back_in_ollamas_shape(client):
+    asked = [{"role": "user", "content": CALL_TEXT}]
+    reply = client.chat(model=PLAYBACK, messages=asked, tools=[WEATHER], options={"num_predict": 1})
+    [call] = reply.message.tool_calls
+    assert call.function.name == "get_weather" and call.function.arguments == {"city": "Paris", "days": 3}
+    assert reply.message.content == "" and reply.done and reply.done_reason == "length"
+    # Streamed, two calls (the call played back twice): each arrives whole, in a line of its own.
+    parts = list(client.chat(model=PLAYBACK, messages=asked, tools=[WEATHER], options={"num_predict": 2},
+                             stream=True))
+    with_calls = [p for p in parts if p.message.tool_calls]
+    assert len(with_calls) == 2 and parts[-1].done and not parts[-1].message.tool_calls
+    for part in with_calls:
+        [streamed] = part.message.tool_calls
+        assert streamed.function.arguments == {"city": "Paris", "days": 3}
+    # Without tools the same text is only text.
+    plain = client.chat(model=PLAYBACK, messages=asked, options={"num_predict": 1})
+    assert plain.message.content == CALL_TEXT and not plain.message.tool_calls
+
+
+def test_a_tool_result_goes_back_to_the_model(client):
+    """The call and its result, as the client keeps them (arguments an object, the result
+    naming its tool), are accepted, and the result reaches the model's prompt."""
+    asked = [{"role": "user", "content": "What is the weather in Paris?"}]
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    history = [*asked, {"role": "assistant", "content": "", "tool_calls": [call]},
+               {"role": "tool", "content": "hail, 3 C", "tool_name": "get_weather"}]
+
+    def get_weather(city: str) -> str:
+        """The weather forecast for a city.
+
+        Args:
+            city: the city's name
+        """
+        return "hail, 3 C"
+
+    # A Python function as the tool: the client writes its schema.
+    for tool in (WEATHER, get_weather):
+        answer = client.chat(model=PLAYBACK, messages=history, tools=[tool], options={"num_predict": 3})
+        assert answer.message.content == "hail, 3 C" and not answer.message.tool_calls
+    # On a llama.cpp model (whose template renders no tools: abi's documented fallback format),
+    # the longer the result, the longer the prompt.
+    short = client.chat(model="tiny", messages=history, options={**GREEDY, "num_predict": 2})
+    longer = [*history[:-1], {**history[-1], "content": "hail, 3 C, then sun and a light wind from the west"}]
+    long = client.chat(model="tiny", messages=longer, options={**GREEDY, "num_predict": 2})
+    assert long.prompt_eval_count - short.prompt_eval_count == len(longer[-1]["content"]) - len("hail, 3 C")

@@ -91,3 +91,29 @@ def test_model_names():
     assert fmt.parameter_size({"size_label": "270M"}) == "270M"
     assert fmt.parameter_size({"parameters": 268_098_176}) == "268.10M"
     assert fmt.parameter_size({"parameters": 8_030_261_248}) == "8.03B"
+
+
+def test_tool_history_becomes_openais_shape():
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    other = {"function": {"name": "get_time", "arguments": {"zone": "CET"}}}
+    messages = fmt.chat_messages({"messages": [
+        {"role": "user", "content": "weather and time?"},
+        {"role": "assistant", "content": "", "tool_calls": [call, other]},
+        # results may come in any order: each is matched to its tool's call by name
+        {"role": "tool", "content": "12:00", "tool_name": "get_time"},
+        {"role": "tool", "content": "hail"},
+    ]})
+    calls = messages[1]["tool_calls"]
+    assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
+    assert calls[0]["function"]["arguments"] == '{"city": "Paris"}' and calls[0]["id"] != calls[1]["id"]
+    assert messages[2]["tool_call_id"] == calls[1]["id"] and messages[3]["tool_call_id"] == calls[0]["id"]
+    assert fmt.tools({"tools": []}) is None
+    assert fmt.tools({"tools": [{"type": "function", "function": {"name": "f"}}]})[0]["function"]["name"] == "f"
+
+
+def test_parsed_calls_become_ollamas_shape():
+    from abi_tui.backends.tool_calls import Call
+
+    [whole, cut] = fmt.ollama_tool_calls([Call(0, "call_a", "f", '{"x": [1, 2]}'), Call(1, "call_b", "g", '{"x": ')])
+    assert whole == {"id": "call_a", "function": {"index": 0, "name": "f", "arguments": {"x": [1, 2]}}}
+    assert cut["function"]["arguments"] == {"arguments": '{"x": '}  # cut short by num_predict: kept as text

@@ -161,3 +161,4 @@ def test_instruct_demo(demo_server):
     tool_round_trip(demo_server)
     agent_uses_its_tool(demo_server)
     greedy_logprobs(demo_server)
+    four_choices(demo_server)
