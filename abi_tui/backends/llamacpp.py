@@ -41,6 +41,7 @@ from abi_tui.backends.chat_templates import TEMPLATES, TURN_ENDS, fallback_forma
 from abi_tui.backends.compute import COMPUTE
 from abi_tui.backends.grammar import schema_grammar, tool_call_grammar
 from abi_tui.backends.llama_log import LLAMA_LOG, MemoryReport
+from abi_tui.backends.saved_prefixes import SavedPrefixes, common_prefix
 from abi_tui.backends.text import StopMatcher
 from abi_tui.backends.tool_calls import template_handles_tools
 from abi_tui.errors import (
@@ -60,10 +61,20 @@ PENALTY_LAST_N = 64
 # DRY ("don't repeat yourself") breaks repeated sentences, the loop small chat models fall into.
 DRY_BASE, DRY_ALLOWED_LENGTH, DRY_LAST_N = 1.75, 2, 256
 DRY_BREAKERS = (b"\n", b":", b'"', b"*")
-# Sequence ids beyond `parallel` that hold pinned prompt prefixes (the personas' system prompts):
-# prefilled once per model, then copied into a request's sequence (llama_memory_seq_cp shares
-# the cells), so a new conversation prefills only its own messages.
-PINNED_PREFIXES = 4
+# Sequence ids beyond `parallel` that hold pinned prompt prefixes (the three personas' system
+# prompts): prefilled once per model, then copied into a request's sequence, so a new
+# conversation prefills only its own messages.
+PINNED_PREFIXES = 3
+# A copy from another sequence copies its whole KV cache (n_ctx cells, tens of MB): worth it for
+# a persona prefix or the shared prompt of n choices, not for a few common first tokens (a
+# burst of 8 prompts starting with "The" spent 230 ms copying before its first tokens).
+MIN_COPIED_PREFIX = 32
+# Host memory per model for kept prefixes saved when their sequence is taken over (a few MB for
+# a short prompt, tens for a long one; llama-server's --cache-ram is the same idea).
+SAVED_PREFIX_BYTES = 256 * 2**20
+# A kept prefix up to this size moves to the lowest free sequence id (a copy through host memory,
+# a few ms); a larger one is reused where it is, at the cost of a split batch.
+MOVE_LIMIT_BYTES = 32 * 2**20
 PIN_CHUNK = 64  # prompt tokens of a pin prefilled per step while other sequences are generating
 FLASH_ATTN = {"auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
               "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED}
@@ -120,13 +131,16 @@ class LlamaBackend:
         model_params.n_gpu_layers = options.n_gpu_layers if options.n_gpu_layers >= 0 else 999
         ctx_params = L.llama_context_default_params()
         ctx_params.n_seq_max = options.parallel + PINNED_PREFIXES
-        # One KV cache shared by the sequences, room for n_ctx each (prepare() holds every request
-        # to n_ctx). Per-sequence caches (kv_unified=False) split a batch whose sequence ids are
-        # not 0..n-1 in order into several graph runs: measured here on gemma, 4 sequences with
-        # ids 7..4 decoded in 60 ms a step instead of 31 ms, 8 in reverse order in 118 ms.
-        # Pinned prefixes get one request's worth of cells on top.
-        ctx_params.n_ctx = options.n_ctx * (options.parallel + 1)
-        ctx_params.kv_unified = True
+        # A KV cache per sequence (a "stream" of n_ctx cells), as llama-server's slots: attention
+        # reads only the sequence's own cells. In one shared cache every sequence reads past all
+        # cells in use, other conversations' kept prefixes and the pinned persona prompts
+        # included: measured on SmolLM2, an 8-sequence decode step took 79-102 ms beside 6,000
+        # kept cells instead of 60-66 ms. The price: llama.cpp runs a batch as one graph only
+        # while its sequence ids are consecutive and in order, so the slot choice keeps requests
+        # on the lowest ids and the batch is built in id order; and a copy between sequences
+        # (a pin into a request) copies the whole stream.
+        ctx_params.n_ctx = options.n_ctx * ctx_params.n_seq_max
+        ctx_params.kv_unified = False
         ctx_params.swa_full = False
         ctx_params.n_batch = ctx_params.n_ubatch = options.n_batch
         # Only the last row of each sequence needs logits; the default sizes the output buffer
@@ -165,9 +179,9 @@ class LlamaBackend:
         self._batch = L.llama_batch_init(options.n_batch, 0, 1)
         self._free_ids = list(range(options.parallel))
         self._slot_tokens: dict[int, list[int]] = {}  # what each free sequence's cells hold
+        self._saved = SavedPrefixes(SAVED_PREFIX_BYTES)
         self._pin_ids = list(range(options.parallel, options.parallel + PINNED_PREFIXES))
         self._pins: dict[str, tuple[int, list[int]]] = {}  # key -> (sequence id, tokens), LRU order
-        self._pin_budget = options.n_ctx
         self.pins_ready: dict[str, threading.Event] = {}
         self.n_swa = L.llama_model_n_swa(self.model.model)
         self.prompt_tokens_reused = 0
@@ -311,7 +325,7 @@ class LlamaBackend:
         ready = self.pins_ready.get(key)
         if ready is not None and (not ready.is_set() or (pinned is not None and pinned[1] == tokens)):
             return ready  # in flight, or already there
-        if not tokens or len(tokens) > self._pin_budget // 2:
+        if not tokens or len(tokens) > self.n_ctx_seq // 2:
             return None
         done = threading.Event()
         self.pins_ready[key] = done
@@ -342,6 +356,8 @@ class LlamaBackend:
             "prompt_tokens_reused": self.prompt_tokens_reused,
             "prompt_tokens_prefilled": self.prompt_tokens_prefilled,
             "prefixes_pinned": {key: len(tokens) for key, (_, tokens) in self._pins.items()},
+            "prefixes_saved": len(self._saved),
+            "saved_prefix_bytes": self._saved.bytes,
         }
 
     # ----------------------------------------------------------------------------- decode loop
@@ -366,7 +382,7 @@ class LlamaBackend:
             seq.channel.close("cancelled")
             return
         if seq.pin_key is not None:
-            seq.seq_id = self._pin_slot(seq.pin_key, len(seq.tokens))
+            seq.seq_id = self._pin_slot(seq.pin_key)
             if seq.seq_id < 0:
                 seq.channel.close("cancelled")
             else:
@@ -386,7 +402,7 @@ class LlamaBackend:
         """Whether a running sequence is prefilling the prompt `seq` starts with (the choices of
         an n > 1 request): waiting one step for it costs less than prefilling it twice."""
         return seq.pin_key is None and any(
-            other.prefilling and other.pin_key is None and _common_prefix(other.tokens, seq.tokens) >= len(seq.tokens) - 1
+            other.prefilling and other.pin_key is None and common_prefix(other.tokens, seq.tokens) >= len(seq.tokens) - 1
             for other in self._active)
 
     def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
@@ -394,66 +410,108 @@ class LlamaBackend:
 
         Finished sequences keep their cells, so a prompt that repeats an earlier one (a chat
         sends its whole history every turn) prefills only what is new, as llama-server's
-        prompt cache does. At least the last prompt token is decoded again for its logits."""
-        # Without a prefix to reuse: a free sequence holding no cells, else the one kept longest
-        # (every kept sequence is free; the dict is in the order they finished).
-        best = next((i for i in self._free_ids if i not in self._slot_tokens), None)
-        best, reused = (best if best is not None else next(iter(self._slot_tokens))), 0
+        prompt cache does; kept cells that a new prompt takes over are saved to host memory
+        first, and come back when their prompt does. At least the last prompt token is decoded
+        again for its logits.
+
+        A request goes to the lowest free id, so that running sequences stay consecutive (one
+        graph run a step: measured on SmolLM2, ids [0, 1] decoded in 21 ms a step, [1, 4] in
+        32 ms); a prefix kept elsewhere is moved there, unless it is too large to move cheaply."""
+        target = min(self._free_ids)
+        reused, source = 0, None  # ("kept", id) | ("pin", key) | ("running", Sequence) | ("saved", key)
         for seq_id in self._free_ids:
             kept = self._slot_tokens.get(seq_id, ())
-            common = _common_prefix(kept, prompt)
-            # Worth taking over only for a prefix that is most of the kept cells (a chat's next
-            # turn) or of the prompt (a repeated request), as llama-server's slot similarity:
-            # a shared BOS or first line is not worth another conversation's cells.
+            common = common_prefix(kept, prompt)
+            # Worth taking for a prefix that is most of the kept cells (a chat's next turn) or of
+            # the prompt (a repeated request), as llama-server's slot similarity: a shared BOS or
+            # first line is not worth another conversation's cells.
             if common > reused and 2 * common >= min(len(kept), len(prompt)):
-                best, reused = seq_id, common
-        source = None
+                source, reused = ("kept", seq_id), common
         for key, (_, tokens) in self._pins.items():
-            common = _common_prefix(tokens, prompt)
-            if common > reused:
-                source, reused = key, common
-        running = None  # a generating sequence whose prompt cells this one can share
-        for other in self._active:
+            common = common_prefix(tokens, prompt)
+            if common > reused and common >= MIN_COPIED_PREFIX:
+                source, reused = ("pin", key), common
+        for other in self._active:  # a generating sequence's prompt (the choices of n > 1)
             if other.pin_key is None and not other.prefilling:
-                common = _common_prefix(other.tokens, prompt)
-                if common > reused:
-                    running, source, reused = other, None, common
-        memory = self.ctx.memory
-        if running is not None:
-            best = min(self._free_ids, key=lambda i: len(self._slot_tokens.get(i, ())))
-            L.llama_memory_seq_rm(memory, best, -1, -1)
-            L.llama_memory_seq_cp(memory, running.seq_id, best, 0, reused)
-        elif source is not None:
-            # Copy the pin into the free sequence whose own cache is worth least.
-            best = min(self._free_ids, key=lambda i: len(self._slot_tokens.get(i, ())))
-            L.llama_memory_seq_rm(memory, best, -1, -1)
-            pin_id, tokens = self._pins.pop(source)
-            self._pins[source] = (pin_id, tokens)  # most recently used last
-            L.llama_memory_seq_cp(memory, pin_id, best, 0, reused)
-        self._free_ids.remove(best)
+                common = common_prefix(other.tokens, prompt)
+                if common > reused and common >= MIN_COPIED_PREFIX:
+                    source, reused = ("running", other), common
+        saved = self._saved.best(prompt, reused)
+        if saved is not None:
+            source, reused = ("saved", saved[0]), saved[1]
+        memory, ctx = self.ctx.memory, self.ctx.ctx
+        moved = None
+        if source is not None and source[0] == "kept" and source[1] != target:
+            moved = self._state_of(source[1], MOVE_LIMIT_BYTES)
+            if moved is None:
+                target = source[1]  # too large to move: reused where it is
+        if source == ("kept", target):
+            self._save_kept(target, keeping=reused)
+        else:
+            self._save_kept(target, keeping=0)
+            L.llama_memory_seq_rm(memory, target, -1, -1)
+            kind = source[0] if source is not None else None
+            if kind == "kept" or kind == "saved":
+                state = moved if kind == "kept" else self._saved.take(source[1]).state
+                if kind == "kept":
+                    L.llama_memory_seq_rm(memory, source[1], -1, -1)
+                    self._slot_tokens.pop(source[1], None)
+                if L.llama_state_seq_set_data(ctx, state, len(state), target) == 0:
+                    reused = 0  # llama.cpp found no room for it: prefill instead
+            elif kind is not None:
+                if kind == "running":
+                    copied = source[1].seq_id
+                else:
+                    copied, tokens = self._pins.pop(source[1])
+                    self._pins[source[1]] = (copied, tokens)  # most recently used last
+                # Between streams llama.cpp copies whole streams only; the cells past the
+                # shared prefix are dropped below.
+                L.llama_memory_seq_cp(memory, copied, target, -1, -1)
+        self._free_ids.remove(target)
         reused = min(reused, len(prompt) - 1)
-        if reused > 0 and L.llama_memory_seq_rm(memory, best, reused, -1):
+        if reused > 0 and L.llama_memory_seq_rm(memory, target, reused, -1):
             # A sliding-window cache may no longer hold the window before `reused`.
-            if L.llama_memory_seq_pos_min(memory, best) > max(0, reused - self.n_swa):
+            if L.llama_memory_seq_pos_min(memory, target) > max(0, reused - self.n_swa):
                 reused = 0
         else:
             reused = 0
         if reused == 0:
-            L.llama_memory_seq_rm(memory, best, -1, -1)
-        self._slot_tokens.pop(best, None)
+            L.llama_memory_seq_rm(memory, target, -1, -1)
+        self._slot_tokens.pop(target, None)
         self.prompt_tokens_reused += reused
-        return best, reused
+        return target, reused
 
-    def _pin_slot(self, key: str, n_tokens: int) -> int:
-        """A sequence id for a new pin: its old one, else a free pin id, evicting the least
-        recently used pins until the pinned cells fit their budget."""
+    def _state_of(self, seq_id: int, limit: int) -> Any:
+        """A sequence's cells serialised by llama.cpp (a ctypes byte array), None over `limit`
+        bytes or when llama.cpp writes nothing."""
+        size = L.llama_state_seq_get_size(self.ctx.ctx, seq_id)
+        if not size or size > limit:
+            return None
+        state = (ctypes.c_uint8 * size)()
+        written = L.llama_state_seq_get_data(self.ctx.ctx, state, size, seq_id)
+        if not written:
+            return None
+        return state if written == size else (ctypes.c_uint8 * written).from_buffer_copy(state)
+
+    def _save_kept(self, seq_id: int, keeping: int) -> None:
+        """Save a free sequence's kept cells to host memory before a prompt that keeps only
+        `keeping` of them takes it over (worth it for a prefix long enough to come back)."""
+        kept = self._slot_tokens.get(seq_id)
+        if not kept or len(kept) < MIN_COPIED_PREFIX or 2 * keeping >= len(kept):
+            return
+        state = self._state_of(seq_id, self._saved.budget_bytes)
+        if state is not None:
+            self._saved.add(kept, state)
+
+    def _pin_slot(self, key: str) -> int:
+        """A sequence id for a new pin: its old one, else a free pin id, else the least recently
+        used pin's."""
         memory = self.ctx.memory
         old = self._pins.pop(key, None)
         if old is not None:
             self._pin_ids.append(old[0])
             L.llama_memory_seq_rm(memory, old[0], -1, -1)
-        while self._pins and (not self._pin_ids or
-                              sum(len(t) for _, t in self._pins.values()) + n_tokens > self._pin_budget):
+        while self._pins and not self._pin_ids:
             evicted = next(iter(self._pins))
             pin_id, _ = self._pins.pop(evicted)
             self.pins_ready.pop(evicted, None)
@@ -506,17 +564,22 @@ class LlamaBackend:
         for seq in list(self._active):
             if seq.cancel.is_set:
                 self._finish(seq, "cancelled")
+        # In sequence id order: llama.cpp runs consecutive ids as one graph (see __init__), and
+        # a step whose sequences each bring one token (decoding, or a reused prompt's last
+        # token) is one graph run. Every generating sequence gets its token (parallel <=
+        # n_batch); prompts share what is left, requests before pins (higher ids).
         decoding = [s for s in self._active if not s.prefilling]
-        for seq in decoding:  # one token each; never more than n_batch (parallel <= n_batch)
-            self._add(seq.last_token, seq.n_past, seq.seq_id, True)
-            seq.fed.append(seq.last_token)
-            seq.row = batch.n_tokens - 1
-            seq.n_past += 1
-            budget -= 1
-        for seq in self._active:
-            if not seq.prefilling or budget <= 0:
+        budget -= len(decoding)
+        for seq in sorted(self._active, key=lambda s: s.seq_id):
+            if not seq.prefilling:
+                self._add(seq.last_token, seq.n_past, seq.seq_id, True)
+                seq.fed.append(seq.last_token)
+                seq.row = batch.n_tokens - 1
+                seq.n_past += 1
                 continue
             seq.row = -1
+            if budget <= 0:
+                continue
             size = min(budget, PIN_CHUNK) if seq.pin_key is not None and decoding else budget
             chunk = seq.tokens[seq.prefilled: seq.prefilled + size]
             last = seq.prefilled + len(chunk) == len(seq.tokens)
@@ -696,13 +759,6 @@ class LlamaBackend:
         self.model.close()
 
 
-def _common_prefix(cached: Any, prompt: list[int]) -> int:
-    common = 0
-    for a, b in zip(cached, prompt):
-        if a != b:
-            break
-        common += 1
-    return common
 
 
 class _PinChannel:

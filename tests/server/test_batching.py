@@ -66,8 +66,8 @@ async def test_context_share_in_health_and_pool(app_server, tiny_model):
             health = await response.json()
     assert health["context_per_request"] == 256 and health["parallel"] == 3
     stats = server.state.engine.pool.stats()["models"][0]
-    # n_ctx for each of the 3 sequences, plus one request's worth for the pinned persona prefixes.
-    assert stats["context_per_request"] == 256 and stats["kv_cells_capacity"] == 1024
+    # n_ctx for each of the 3 sequences and for each of the 3 pinned persona prefixes.
+    assert stats["context_per_request"] == 256 and stats["kv_cells_capacity"] == 6 * 256
     assert stats["sequences_max"] == 3
 
 
@@ -91,19 +91,31 @@ async def test_prompt_prefix_is_reused_and_answers_do_not_change(app_server, tin
     assert second == expected
 
 
-async def test_a_shared_bos_does_not_take_another_conversations_cells(app_server, tiny_model):
+async def test_more_conversations_than_sequences_keep_their_prefixes(app_server, tiny_model):
     """Finished sequences keep their cells for a next turn. A new conversation that shares only
-    the BOS token with them takes a free sequence, so every earlier conversation's next turn
-    still prefills only what is new."""
-    server = await app_server(model=str(tiny_model), parallel=4, threads=1, n_ctx=1024)
+    the BOS token with them takes the lowest free sequence, and what that sequence kept is saved
+    to host memory first: with five conversations on two sequences, every conversation's next
+    turn still prefills only what is new, and answers as a fresh llama.cpp context does."""
+    from llama_cpp import Llama
+    from tiny_gguf import LLAMA_KWARGS
+
+    server = await app_server(model=str(tiny_model), parallel=2, threads=1, n_ctx=1024)
     backend = server.state.engine.active_backend()
-    turns = [f"{topic}: " + "a long opening message " * 16 for topic in ("Apples", "Boats", "Clouds")]
+    topics = ("Apples", "Boats", "Clouds", "Dunes", "Eels")
+    turns = [f"{topic}: " + "a long opening message " * 16 for topic in topics]
+    follow_ups = []
     async with aiohttp.ClientSession(server.url) as session:
         answers = [await complete(session, turn, max_tokens=8) for turn in turns]
-        assert len(backend._slot_tokens) == 3  # one sequence each, all kept
-        reused = backend.prompt_tokens_reused
-        await complete(session, turns[0] + answers[0] + " And a follow-up.", max_tokens=8)
-    assert backend.prompt_tokens_reused - reused >= len(turns[0].encode())
+        assert len(backend._slot_tokens) + backend.stats()["prefixes_saved"] == len(topics)
+        assert backend.stats()["saved_prefix_bytes"] > 0
+        for turn, answer in zip(turns, answers):
+            reused = backend.prompt_tokens_reused
+            follow_up = turn + answer + " And a follow-up."
+            follow_ups.append((follow_up, await complete(session, follow_up, max_tokens=8)))
+            assert backend.prompt_tokens_reused - reused >= len(turn.encode())
+    fresh = Llama(model_path=str(tiny_model), n_ctx=1024, **LLAMA_KWARGS)
+    for prompt, answer in follow_ups:
+        assert answer == fresh.create_completion(prompt, max_tokens=8, temperature=0)["choices"][0]["text"]
 
 
 async def test_flash_attention_setting_reaches_llama_cpp(app_server, tiny_model):
