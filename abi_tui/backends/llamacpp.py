@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from abi_tui.backends.chat_templates import TEMPLATES, TURN_ENDS, fallback_forma
 from abi_tui.backends.compute import COMPUTE
 from abi_tui.backends.grammar import schema_grammar, tool_call_grammar
 from abi_tui.backends.llama_log import LLAMA_LOG, MemoryReport
-from abi_tui.backends.saved_prefixes import SavedPrefixes, common_prefix
+from abi_tui.backends.saved_prefixes import SavedPrefix, SavedPrefixes, common_prefix
 from abi_tui.backends.text import StopMatcher
 from abi_tui.backends.tool_calls import template_handles_tools
 from abi_tui.errors import (
@@ -61,19 +61,20 @@ PENALTY_LAST_N = 64
 # DRY ("don't repeat yourself") breaks repeated sentences, the loop small chat models fall into.
 DRY_BASE, DRY_ALLOWED_LENGTH, DRY_LAST_N = 1.75, 2, 256
 DRY_BREAKERS = (b"\n", b":", b'"', b"*")
-# Sequence ids beyond `parallel` that hold pinned prompt prefixes (the three personas' system
-# prompts): prefilled once per model, then copied into a request's sequence, so a new
-# conversation prefills only its own messages.
+DRY_TEMPLATES = 4
+# Pinned prompt prefixes (the three personas' system prompts): prefilled once per model in a
+# sequence of their own (id `parallel`), kept as llama.cpp's serialised cells in host memory,
+# and copied into a request's sequence, so a new conversation prefills only its own messages.
 PINNED_PREFIXES = 3
-# A copy from another sequence copies its whole KV cache (n_ctx cells, tens of MB): worth it for
-# a persona prefix or the shared prompt of n choices, not for a few common first tokens (a
-# burst of 8 prompts starting with "The" spent 230 ms copying before its first tokens).
-MIN_COPIED_PREFIX = 32
+# Kept cells shorter than this are not saved when their sequence is taken over: prefilling them
+# again costs little.
+MIN_SAVED_PREFIX = 32
 # Host memory per model for kept prefixes saved when their sequence is taken over (a few MB for
 # a short prompt, tens for a long one; llama-server's --cache-ram is the same idea).
 SAVED_PREFIX_BYTES = 256 * 2**20
-# A kept prefix up to this size moves to the lowest free sequence id (a copy through host memory,
-# a few ms); a larger one is reused where it is, at the cost of a split batch.
+# Cells up to this size are copied between sequences through host memory (a few ms): a kept
+# prefix moves to the lowest free id, a running prompt is shared with n choices. A larger kept
+# prefix is reused where it is, at the cost of a split batch.
 MOVE_LIMIT_BYTES = 32 * 2**20
 PIN_CHUNK = 64  # prompt tokens of a pin prefilled per step while other sequences are generating
 FLASH_ATTN = {"auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -130,15 +131,16 @@ class LlamaBackend:
         model_params = L.llama_model_default_params()
         model_params.n_gpu_layers = options.n_gpu_layers if options.n_gpu_layers >= 0 else 999
         ctx_params = L.llama_context_default_params()
-        ctx_params.n_seq_max = options.parallel + PINNED_PREFIXES
+        ctx_params.n_seq_max = options.parallel + 1  # and one to prefill pinned prefixes in
         # A KV cache per sequence (a "stream" of n_ctx cells), as llama-server's slots: attention
         # reads only the sequence's own cells. In one shared cache every sequence reads past all
         # cells in use, other conversations' kept prefixes and the pinned persona prompts
         # included: measured on SmolLM2, an 8-sequence decode step took 79-102 ms beside 6,000
         # kept cells instead of 60-66 ms. The price: llama.cpp runs a batch as one graph only
         # while its sequence ids are consecutive and in order, so the slot choice keeps requests
-        # on the lowest ids and the batch is built in id order; and a copy between sequences
-        # (a pin into a request) copies the whole stream.
+        # on the lowest ids and the batch is built in id order; and cells are copied between
+        # sequences through host memory (llama_state_seq_*: in proportion to the cells, where
+        # llama_memory_seq_cp would copy whole streams).
         ctx_params.n_ctx = options.n_ctx * ctx_params.n_seq_max
         ctx_params.kv_unified = False
         ctx_params.swa_full = False
@@ -180,8 +182,10 @@ class LlamaBackend:
         self._free_ids = list(range(options.parallel))
         self._slot_tokens: dict[int, list[int]] = {}  # what each free sequence's cells hold
         self._saved = SavedPrefixes(SAVED_PREFIX_BYTES)
-        self._pin_ids = list(range(options.parallel, options.parallel + PINNED_PREFIXES))
-        self._pins: dict[str, tuple[int, list[int]]] = {}  # key -> (sequence id, tokens), LRU order
+        self._pin_id = options.parallel
+        self._dry: dict[float, Any] = {}  # DRY multiplier -> a set-up DRY sampler to clone
+        self._pin_queue: deque[Sequence] = deque()
+        self._pins: OrderedDict[str, SavedPrefix] = OrderedDict()  # least recently used first
         self.pins_ready: dict[str, threading.Event] = {}
         self.n_swa = L.llama_model_n_swa(self.model.model)
         self.prompt_tokens_reused = 0
@@ -323,7 +327,7 @@ class LlamaBackend:
         tokens = self.tokenize(text, add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)))
         pinned = self._pins.get(key)
         ready = self.pins_ready.get(key)
-        if ready is not None and (not ready.is_set() or (pinned is not None and pinned[1] == tokens)):
+        if ready is not None and (not ready.is_set() or (pinned is not None and pinned.tokens == tokens)):
             return ready  # in flight, or already there
         if not tokens or len(tokens) > self.n_ctx_seq // 2:
             return None
@@ -331,7 +335,7 @@ class LlamaBackend:
         self.pins_ready[key] = done
         seq = Sequence(Prepared(GenerationRequest(model=self.name, prompt=text), len(tokens), 0),
                        _PinChannel(done), CancelFlag(), tokens, StopMatcher([]), pin_key=key)
-        self._incoming.append(seq)
+        self._pin_queue.append(seq)
         COMPUTE.wake()
         return done
 
@@ -355,21 +359,23 @@ class LlamaBackend:
             "tokens_generated": self.tokens_generated,
             "prompt_tokens_reused": self.prompt_tokens_reused,
             "prompt_tokens_prefilled": self.prompt_tokens_prefilled,
-            "prefixes_pinned": {key: len(tokens) for key, (_, tokens) in self._pins.items()},
+            "prefixes_pinned": {key: len(pin.tokens) for key, pin in list(self._pins.items())},
             "prefixes_saved": len(self._saved),
             "saved_prefix_bytes": self._saved.bytes,
         }
 
     # ----------------------------------------------------------------------------- decode loop
     def has_work(self) -> bool:
-        return bool(self._incoming) or bool(self._active)
+        return bool(self._incoming) or bool(self._active) or bool(self._pin_queue)
 
     def step(self) -> None:
         """One decode step (on the compute thread): admit waiting sequences, decode, sample."""
-        while self._incoming and (self._free_ids or self._incoming[0].pin_key):
+        while self._incoming and self._free_ids:
             if self._prefilling_same_prompt(self._incoming[0]):
                 break  # admitted next step, copying the cells being prefilled now
             self._admit(self._incoming.popleft())
+        if self._pin_queue and not any(s.pin_key is not None for s in self._active):
+            self._admit(self._pin_queue.popleft())  # one pin at a time, in its own sequence
         try:
             self._step()
         except Exception as exc:  # a llama.cpp failure ends these streams, not the server
@@ -382,11 +388,9 @@ class LlamaBackend:
             seq.channel.close("cancelled")
             return
         if seq.pin_key is not None:
-            seq.seq_id = self._pin_slot(seq.pin_key)
-            if seq.seq_id < 0:
-                seq.channel.close("cancelled")
-            else:
-                self._active.append(seq)
+            seq.seq_id = self._pin_id
+            L.llama_memory_seq_rm(self.ctx.memory, seq.seq_id, -1, -1)
+            self._active.append(seq)
             return
         seq.seq_id, reused = self._pick_slot(seq.tokens)
         seq.prefilled = seq.n_past = reused
@@ -427,46 +431,39 @@ class LlamaBackend:
             # first line is not worth another conversation's cells.
             if common > reused and 2 * common >= min(len(kept), len(prompt)):
                 source, reused = ("kept", seq_id), common
-        for key, (_, tokens) in self._pins.items():
-            common = common_prefix(tokens, prompt)
-            if common > reused and common >= MIN_COPIED_PREFIX:
+        for key, pin in self._pins.items():
+            common = common_prefix(pin.tokens, prompt)
+            if common > reused and 2 * common >= min(len(pin.tokens), len(prompt)):
                 source, reused = ("pin", key), common
         for other in self._active:  # a generating sequence's prompt (the choices of n > 1)
             if other.pin_key is None and not other.prefilling:
                 common = common_prefix(other.tokens, prompt)
-                if common > reused and common >= MIN_COPIED_PREFIX:
+                if common > reused and 2 * common >= min(len(other.tokens), len(prompt)):
                     source, reused = ("running", other), common
         saved = self._saved.best(prompt, reused)
         if saved is not None:
             source, reused = ("saved", saved[0]), saved[1]
-        memory, ctx = self.ctx.memory, self.ctx.ctx
-        moved = None
-        if source is not None and source[0] == "kept" and source[1] != target:
-            moved = self._state_of(source[1], MOVE_LIMIT_BYTES)
-            if moved is None:
+        memory = self.ctx.memory
+        state = None  # the cells to copy in
+        if source is not None and source[0] in ("kept", "running") and source[1] != target:
+            state = self._state_of(source[1] if source[0] == "kept" else source[1].seq_id, MOVE_LIMIT_BYTES)
+            if state is None and source[0] == "kept":
                 target = source[1]  # too large to move: reused where it is
         if source == ("kept", target):
             self._save_kept(target, keeping=reused)
         else:
             self._save_kept(target, keeping=0)
             L.llama_memory_seq_rm(memory, target, -1, -1)
-            kind = source[0] if source is not None else None
-            if kind == "kept" or kind == "saved":
-                state = moved if kind == "kept" else self._saved.take(source[1]).state
-                if kind == "kept":
-                    L.llama_memory_seq_rm(memory, source[1], -1, -1)
-                    self._slot_tokens.pop(source[1], None)
-                if L.llama_state_seq_set_data(ctx, state, len(state), target) == 0:
-                    reused = 0  # llama.cpp found no room for it: prefill instead
-            elif kind is not None:
-                if kind == "running":
-                    copied = source[1].seq_id
-                else:
-                    copied, tokens = self._pins.pop(source[1])
-                    self._pins[source[1]] = (copied, tokens)  # most recently used last
-                # Between streams llama.cpp copies whole streams only; the cells past the
-                # shared prefix are dropped below.
-                L.llama_memory_seq_cp(memory, copied, target, -1, -1)
+            if source is not None and source[0] == "kept":
+                L.llama_memory_seq_rm(memory, source[1], -1, -1)  # moved
+                self._slot_tokens.pop(source[1], None)
+            elif source is not None and source[0] == "saved":
+                state = self._saved.take(source[1]).state
+            elif source is not None and source[0] == "pin":
+                state = self._pins[source[1]].state
+                self._pins.move_to_end(source[1])
+            if state is None or L.llama_state_seq_set_data(self.ctx.ctx, state, len(state), target) == 0:
+                reused = 0  # nothing to copy, or llama.cpp found no room for it: prefill
         self._free_ids.remove(target)
         reused = min(reused, len(prompt) - 1)
         if reused > 0 and L.llama_memory_seq_rm(memory, target, reused, -1):
@@ -497,27 +494,38 @@ class LlamaBackend:
         """Save a free sequence's kept cells to host memory before a prompt that keeps only
         `keeping` of them takes it over (worth it for a prefix long enough to come back)."""
         kept = self._slot_tokens.get(seq_id)
-        if not kept or len(kept) < MIN_COPIED_PREFIX or 2 * keeping >= len(kept):
+        if not kept or len(kept) < MIN_SAVED_PREFIX or 2 * keeping >= len(kept):
             return
         state = self._state_of(seq_id, self._saved.budget_bytes)
         if state is not None:
             self._saved.add(kept, state)
 
-    def _pin_slot(self, key: str) -> int:
-        """A sequence id for a new pin: its old one, else a free pin id, else the least recently
-        used pin's."""
-        memory = self.ctx.memory
-        old = self._pins.pop(key, None)
-        if old is not None:
-            self._pin_ids.append(old[0])
-            L.llama_memory_seq_rm(memory, old[0], -1, -1)
-        while self._pins and not self._pin_ids:
-            evicted = next(iter(self._pins))
-            pin_id, _ = self._pins.pop(evicted)
-            self.pins_ready.pop(evicted, None)
-            L.llama_memory_seq_rm(memory, pin_id, -1, -1)
-            self._pin_ids.append(pin_id)
-        return self._pin_ids.pop() if self._pin_ids else -1
+    def _keep_pin(self, seq: Sequence) -> None:
+        """A pin's prefill is done: its cells go to host memory, the least recently used pin
+        beyond PINNED_PREFIXES is dropped, and its sequence is free for the next pin."""
+        state = self._state_of(seq.seq_id, SAVED_PREFIX_BYTES)
+        if state is not None:
+            self._pins.pop(seq.pin_key, None)
+            self._pins[seq.pin_key] = SavedPrefix(seq.tokens, state)
+            while len(self._pins) > PINNED_PREFIXES:
+                evicted, _ = self._pins.popitem(last=False)
+                self.pins_ready.pop(evicted, None)
+        self._finish(seq, "stop")
+
+    def _dry_template(self, multiplier: float) -> Any:
+        """A DRY sampler to clone: setting one up scans the vocabulary for the sequence breakers
+        (66 ms on gemma-3's 262k tokens, paid before the first token), a clone copies the result."""
+        template = self._dry.pop(multiplier, None)
+        if template is None:
+            breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*DRY_BREAKERS)
+            template = L.llama_sampler_init_dry(self.vocab, multiplier, DRY_BASE, DRY_ALLOWED_LENGTH,
+                                                DRY_LAST_N, breakers, len(DRY_BREAKERS))
+            if not template:
+                return None
+            while len(self._dry) >= DRY_TEMPLATES:  # clients may send any multiplier
+                L.llama_sampler_free(self._dry.pop(next(iter(self._dry))))
+        self._dry[multiplier] = template  # most recently used last
+        return template
 
     def _build_sampler(self, params: SamplingParams, grammar: str | None = None) -> Any:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
@@ -540,9 +548,8 @@ class LlamaBackend:
             add(L.llama_sampler_init_penalties(self.n_vocab, PENALTY_LAST_N, params.repeat_penalty,
                                                params.frequency_penalty, params.presence_penalty))
         if params.dry_multiplier > 0:
-            breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*DRY_BREAKERS)
-            add(L.llama_sampler_init_dry(self.vocab, params.dry_multiplier, DRY_BASE, DRY_ALLOWED_LENGTH,
-                                         DRY_LAST_N, breakers, len(DRY_BREAKERS)))
+            template = self._dry_template(params.dry_multiplier)
+            add(L.llama_sampler_clone(template) if template else None)
         if params.temperature <= 0:
             add(L.llama_sampler_init_greedy())
             return chain
@@ -600,9 +607,7 @@ class LlamaBackend:
             raise RuntimeError(f"llama_decode returned {code}")
         for seq in list(self._active):
             if seq.pin_key is not None and not seq.prefilling:
-                self._pins[seq.pin_key] = (seq.seq_id, seq.tokens)
-                self._active.remove(seq)
-                seq.channel.close("stop")
+                self._keep_pin(seq)
                 continue
             if seq.row < 0:
                 continue
@@ -676,7 +681,6 @@ class LlamaBackend:
         if seq.pin_key is not None:
             if seq.seq_id >= 0:
                 L.llama_memory_seq_rm(self.ctx.memory, seq.seq_id, -1, -1)
-                self._pin_ids.append(seq.seq_id)
                 seq.seq_id = -1
             seq.channel.close(reason, error)
             return
@@ -747,8 +751,12 @@ class LlamaBackend:
         self.closed = True
         for seq in list(self._active):
             self._finish(seq, "cancelled")
-        while self._incoming:
-            self._incoming.popleft().channel.close("cancelled")
+        for queue in (self._incoming, self._pin_queue):
+            while queue:
+                queue.popleft().channel.close("cancelled")
+        for template in self._dry.values():
+            L.llama_sampler_free(template)
+        self._dry.clear()
         if self._batch is not None:
             L.llama_batch_free(self._batch)
             self._batch = None

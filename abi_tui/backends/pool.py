@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from abi_tui.backends.llamacpp import PINNED_PREFIXES, LlamaBackend, LlamaOptions
+from abi_tui.backends.llamacpp import LlamaBackend, LlamaOptions
 from abi_tui.errors import ModelLoadError, Unavailable
 from abi_tui.models.gguf_header import read_header
 
@@ -64,8 +64,8 @@ def free_memory_bytes() -> int:
 
 
 def estimate_bytes(path: Path, options: LlamaOptions) -> int:
-    """Weights plus the f16 KV cache for every sequence (the pinned prefixes' included), before
-    llama.cpp says for sure."""
+    """Weights plus the f16 KV cache for every sequence (and the one pinned prefixes are
+    prefilled in), before llama.cpp says for sure."""
     header = read_header(path)
     layers = int(header.arch_value("block_count", 0) or 0)
     heads = int(header.arch_value("attention.head_count", 1) or 1)
@@ -73,7 +73,7 @@ def estimate_bytes(path: Path, options: LlamaOptions) -> int:
     embd = int(header.arch_value("embedding_length", 0) or 0)
     key = int(header.arch_value("attention.key_length", embd // heads if heads else 0) or 0)
     value = int(header.arch_value("attention.value_length", key) or key)
-    kv = layers * options.n_ctx * (options.parallel + PINNED_PREFIXES) * kv_heads * (key + value) * 2
+    kv = layers * options.n_ctx * (options.parallel + 1) * kv_heads * (key + value) * 2
     return header.file_size + kv
 
 

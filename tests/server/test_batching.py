@@ -66,8 +66,8 @@ async def test_context_share_in_health_and_pool(app_server, tiny_model):
             health = await response.json()
     assert health["context_per_request"] == 256 and health["parallel"] == 3
     stats = server.state.engine.pool.stats()["models"][0]
-    # n_ctx for each of the 3 sequences and for each of the 3 pinned persona prefixes.
-    assert stats["context_per_request"] == 256 and stats["kv_cells_capacity"] == 6 * 256
+    # n_ctx for each of the 3 sequences and for the one pinned prefixes are prefilled in.
+    assert stats["context_per_request"] == 256 and stats["kv_cells_capacity"] == 4 * 256
     assert stats["sequences_max"] == 3
 
 
