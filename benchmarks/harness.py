@@ -74,11 +74,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, process: subprocess.Popen, path: str = "/health", timeout: float = 120) -> None:
+def wait_ready(url: str, process: subprocess.Popen, path: str = "/health", timeout: float = 120,
+               log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read().decode(errors='replace')[-2000:]}")
+            tail = log.read_text(errors="replace")[-2000:] if log is not None else ""
+            raise RuntimeError(f"server exited: {tail}")
         try:
             with urllib.request.urlopen(url + path, timeout=2) as response:
                 body = response.read()
@@ -100,28 +102,28 @@ def abi_server(model: Path, *, threads: int, flash_attn: bool | None = None, par
     home = tempfile.mkdtemp(prefix="abi-bench-")
     command = [sys.executable, "-m", "abi_tui.cli", "dash", "--serve", "--port", str(port), "--model", str(model),
                "--threads", str(threads), "--parallel", str(parallel), "--n-ctx", str(n_ctx), *extra]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "ABI_HOME": home}, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
+    with serving(command, port, env={**os.environ, "ABI_HOME": home}) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 @contextmanager
-def serving(command: list[str], port: int, ready_path: str = "/health"):
-    """Run a server command that listens on `port`; yield its URL once `ready_path` answers."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def serving(command: list[str], port: int, ready_path: str = "/health", env: dict[str, str] | None = None):
+    """Run a server command that listens on `port`; yield its URL once `ready_path` answers.
+    Its log goes to a file, not a pipe: a pipe nobody reads fills up and stalls the server."""
+    with tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False) as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process, path=ready_path)
+        wait_ready(url, process, path=ready_path, log=Path(log.name))
         yield url
     finally:
         process.terminate()
-        process.wait(30)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        Path(log.name).unlink(missing_ok=True)
 
 
 def llama_cpp_server(model: Path, *, threads: int, flash_attn: bool, n_ctx: int = 2048):
