@@ -118,6 +118,40 @@ async def test_more_conversations_than_sequences_keep_their_prefixes(app_server,
         assert answer == fresh.create_completion(prompt, max_tokens=8, temperature=0)["choices"][0]["text"]
 
 
+async def test_running_sequences_take_the_lowest_ids_in_order(app_server, tiny_model):
+    """With a KV cache per sequence, llama.cpp decodes a batch in one graph only while its
+    sequence ids are consecutive and in order: requests take the lowest free ids (a prefix kept
+    on another id moves with them) and every batch is built in id order."""
+    server = await app_server(model=str(tiny_model), parallel=4, threads=1, n_ctx=1024)
+    backend = server.state.engine.active_backend()
+    batches = []
+    step = backend._step
+
+    def recording_step():
+        step()
+        batch = backend._batch
+        batches.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+
+    turns = [f"{topic}: " + "an opening message " * 8 for topic in ("Apples", "Boats", "Clouds")]
+    async with aiohttp.ClientSession(server.url) as session:
+        answers = await asyncio.gather(*(complete(session, turn, max_tokens=8) for turn in turns))
+        # The conversation kept on the highest id comes back alone: it moves to id 0.
+        last = max(backend._slot_tokens, key=lambda i: i)
+        kept = backend._slot_tokens[last]
+        alone = next(t + a for t, a in zip(turns, answers) if kept[1: 1 + len(t.encode())] == list(t.encode()))
+        backend._step = recording_step
+        reused = backend.prompt_tokens_reused
+        await complete(session, alone + " Next?", max_tokens=4)
+        assert backend.prompt_tokens_reused - reused >= len(alone.encode()) - 8
+        assert {i for batch in batches for i in batch} == {0}
+        batches.clear()
+        await asyncio.gather(*(complete(session, t + a + " More?", max_tokens=8) for t, a in zip(turns, answers)))
+    assert last > 0 and batches
+    assert {i for batch in batches for i in batch} == {0, 1, 2}  # three requests: the three lowest ids
+    for ids in batches:
+        assert ids == sorted(ids), ids
+
+
 async def test_flash_attention_setting_reaches_llama_cpp(app_server, tiny_model):
     """`--flash-attn off` builds the attention without llama.cpp's fused kernel: the scores matrix
     it then materializes shows in the compute buffer llama.cpp reports; greedy answers still come."""
