@@ -15,7 +15,9 @@ from abi_tui.personas.transcript import transcript_prefix
 
 pytestmark = pytest.mark.real_model
 
-GREETING = re.compile(r"\b(hi|hello|hey|greetings|good (morning|afternoon|evening)|nice to meet)\b", re.I)
+# A reply to a greeting: greets back, or asks after the user ("How's your day going?").
+GREETING = re.compile(r"\b(hi|hello|hey|greetings|good (morning|afternoon|evening)|nice to meet|glad|"
+                      r"how are you|how's your|how is your)\b", re.I)
 
 
 def persona_chat(url: str, content: str, **extra) -> dict:
@@ -50,8 +52,11 @@ def test_a_fresh_serve_loads_the_instruct_demo_and_chats(serve):
     assert "def " in reply["content"] and "return" in reply["content"], reply["content"]
     assert_answers_not_recites(reply["content"], question, "aviva", base_model=False)
 
+    # Greedy: a sampled reply of a 135M model turns on the last bits of its logits, which differ
+    # with how the persona prefix reached the cache (prefilled with the message, or copied from
+    # the pin warmed at start-up, a race with this request); the greedy reply is the same both ways.
     question = "Hi there! How are you doing today?"
-    reply = persona_chat(server.url, question)
+    reply = persona_chat(server.url, question, temperature=0)
     assert reply["persona"] == "abbey"
     assert GREETING.search(reply["content"]), reply["content"]
     assert_answers_not_recites(reply["content"], question, "abbey", base_model=False)
