@@ -319,8 +319,7 @@ def main() -> int:
               "the shipped model differs from a fresh training run: retrain and commit it")
         return 0 if same else 1
     model.save(args.out)
-    shown = args.out.resolve().relative_to(ROOT) if args.out.resolve().is_relative_to(ROOT) else args.out
-    print(f"wrote {shown} ({args.out.stat().st_size // 1024} KiB)")
+    print(f"wrote {args.out.relative_to(ROOT)} ({args.out.stat().st_size // 1024} KiB)")
     return 0
 
 
