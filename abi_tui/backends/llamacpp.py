@@ -767,8 +767,6 @@ class LlamaBackend:
         self.model.close()
 
 
-
-
 class _PinChannel:
     """What a pin's Sequence reports to: nobody reads its tokens, one event says it is done."""
 
