@@ -33,7 +33,7 @@ def test_long_input_is_capped_head_and_tail(encoder):
     text = "start " + "filler " * 1000 + "finish"
     tokens = encoder._tokens(text)
     assert len(tokens) == MAX_TOKENS
-    words = encoder._llama.detokenize(tokens[1:-1]).decode()
+    words = encoder._model.detokenize(tokens[1:-1]).decode()
     assert words.split()[0] == "start" and words.split()[-1] == "finish"
     assert encoder.encode(text).shape == (encoder.dim,)
 
@@ -60,3 +60,16 @@ def test_a_damaged_package_fails_clearly_and_leaves_no_partial_file(tmp_path):
     with pytest.raises(sentence_model.SentenceModelError, match="not a safetensors file"):
         sentence_model.convert(src, out)
     assert list(out.parent.iterdir()) == []
+
+
+def test_loading_leaves_the_process_stderr_alone(encoder, monkeypatch):
+    """llama-cpp-python's quiet mode points fd 2 at /dev/null while it loads, which swallowed
+    what the server's other threads logged meanwhile (a failed start-up model, for one)."""
+    import os
+
+    redirected = []
+    real_dup2 = os.dup2
+    monkeypatch.setattr(os, "dup2", lambda fd, fd2, *a: redirected.append(fd2) or real_dup2(fd, fd2, *a))
+    again = SentenceEncoder(encoder.path)
+    assert redirected == []
+    assert np.array_equal(again.encode("the same sentence"), encoder.encode("the same sentence"))

@@ -246,9 +246,9 @@ class InferenceEngine:
     async def load_active(self, spec: str, *, trusted: bool = True) -> dict[str, Any]:
         """Make `spec` the active model (used at start-up with the model from the command line or
         config.toml, hence trusted; hot swaps go through admin reload)."""
-        name, path = self.resolve_path(spec, trusted=trusted)
-        self.state = "loading"
         try:
+            name, path = self.resolve_path(spec, trusted=trusted)
+            self.state = "loading"
             backend = await self.pool.get(name, path, pin=True)
         except AbiError as exc:
             self.state = "error" if self.active_name is None else "ready"

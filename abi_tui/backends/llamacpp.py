@@ -40,7 +40,7 @@ from abi_tui.backends.base import (
 from abi_tui.backends.chat_templates import TEMPLATES, TURN_ENDS, fallback_format
 from abi_tui.backends.compute import COMPUTE
 from abi_tui.backends.grammar import schema_grammar, tool_call_grammar
-from abi_tui.backends.llama_log import LLAMA_LOG, MemoryReport
+from abi_tui.models.llama_log import LLAMA_LOG, MemoryReport
 from abi_tui.backends.saved_prefixes import SavedPrefix, SavedPrefixes, common_prefix
 from abi_tui.backends.text import StopMatcher
 from abi_tui.backends.tool_calls import template_handles_tools
@@ -55,7 +55,6 @@ from abi_tui.models.gguf_header import read_header
 
 log = logging.getLogger(__name__)
 
-LOAD_LOCK = threading.Lock()  # llama.cpp logs globally: one load at a time keeps sizes attributable
 INLINE_TOKENIZE_CHARS = 16_000  # longer prompts are tokenized on a worker thread
 PENALTY_LAST_N = 64
 # DRY ("don't repeat yourself") breaks repeated sentences, the loop small chat models fall into.
@@ -150,7 +149,7 @@ class LlamaBackend:
         ctx_params.n_outputs_max = ctx_params.n_seq_max
         ctx_params.n_threads = ctx_params.n_threads_batch = threads
         ctx_params.flash_attn_type = FLASH_ATTN[options.flash_attn]
-        with LOAD_LOCK, LLAMA_LOG.capture() as lines:
+        with LLAMA_LOG.capture() as lines:
             try:
                 self.model = internals.LlamaModel(path_model=str(self.path), params=model_params, verbose=True)
                 self.ctx = internals.LlamaContext(model=self.model, params=ctx_params, verbose=True)
@@ -714,7 +713,7 @@ class LlamaBackend:
             params.embeddings = True
             params.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
             params.n_threads = params.n_threads_batch = self.options.threads or os.cpu_count() or 1
-            # Not under LOAD_LOCK: a load on another thread must not stall the compute thread.
+            # Not under LLAMA_LOG.capture(): a load on another thread must not stall the compute thread.
             self._embed_ctx = internals.LlamaContext(model=self.model, params=params, verbose=True)
         ctx = self._embed_ctx
         limit = L.llama_n_ctx(ctx.ctx)

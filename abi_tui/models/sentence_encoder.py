@@ -28,20 +28,35 @@ CACHE_SIZE = 256
 
 class SentenceEncoder:
     def __init__(self, path: Path, threads: int = 1) -> None:
-        from llama_cpp import Llama
+        import llama_cpp as L
+        from llama_cpp import _internals as internals
 
-        self._llama = Llama(str(path), embedding=True, n_ctx=MAX_TOKENS, n_batch=MAX_TOKENS,
-                            n_ubatch=MAX_TOKENS, n_threads=threads, n_threads_batch=threads,
-                            verbose=False)
+        from abi_tui.models.llama_log import LLAMA_LOG
+
+        model_params = L.llama_model_default_params()
+        model_params.n_gpu_layers = 0  # 23 MB: the GPU is for the chat model
+        ctx_params = L.llama_context_default_params()
+        ctx_params.n_ctx = ctx_params.n_batch = ctx_params.n_ubatch = MAX_TOKENS
+        ctx_params.n_threads = ctx_params.n_threads_batch = threads
+        ctx_params.embeddings = True
+        ctx_params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        with LLAMA_LOG.capture() as lines:
+            try:
+                self._model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=True)
+                self._ctx = internals.LlamaContext(model=self._model, params=ctx_params, verbose=True)
+            except (ValueError, RuntimeError) as exc:
+                raise RuntimeError(f"llama.cpp could not load {path.name}: "
+                                   f"{LLAMA_LOG.last_error(lines) or exc}") from None
+        self._batch = internals.LlamaBatch(n_tokens=MAX_TOKENS, embd=0, n_seq_max=1, verbose=True)
         self.path = path
-        self.dim = int(self._llama.n_embd())
+        self.dim = int(self._model.n_embd())
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cls = int(self._llama.token_bos())
-        self._sep = int(self._llama.tokenize(b"", add_bos=True)[-1])  # [SEP] closes the input
+        self._cls = int(self._model.token_bos())
+        self._sep = int(self._model.tokenize(b"", add_bos=True, special=False)[-1])  # [SEP] closes the input
 
     def _tokens(self, text: str) -> list[int]:
-        toks = self._llama.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False)
+        toks = self._model.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False)
         toks = [t for t in toks if t not in (self._cls, self._sep)]
         room = MAX_TOKENS - 2
         if len(toks) > room:
@@ -68,12 +83,11 @@ class SentenceEncoder:
     def _embed_tokens(self, tokens: list[int]) -> np.ndarray:
         from llama_cpp import llama_get_embeddings_seq
 
-        llama = self._llama
-        llama._ctx.kv_cache_clear()
-        llama._batch.reset()
-        llama._batch.add_sequence(tokens, 0, False)
-        llama._ctx.decode(llama._batch)
-        vector = np.ctypeslib.as_array(llama_get_embeddings_seq(llama._ctx.ctx, 0),
+        self._ctx.kv_cache_clear()
+        self._batch.reset()
+        self._batch.add_sequence(tokens, 0, False)
+        self._ctx.decode(self._batch)
+        vector = np.ctypeslib.as_array(llama_get_embeddings_seq(self._ctx.ctx, 0),
                                        shape=(self.dim,)).astype(np.float32)
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm else vector

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import time
 import urllib.request
 
 import pytest
@@ -91,3 +92,17 @@ def test_without_a_model_persona_chat_says_how_to_load_one(serve):
         urllib.request.urlopen(request, timeout=30)
     assert failure.value.code == 503
     assert json.loads(failure.value.read())["error"]["code"] == "no_model_loaded"
+
+
+def test_a_start_up_model_that_cannot_load_says_why(serve):
+    """On stderr, where a headless server's user looks, and in /health; while the sentence
+    encoder loads at start-up too (its load once silenced the process's stderr)."""
+    server = serve("--model", "no-such-model")
+    deadline = time.monotonic() + 30
+    while "could not load no-such-model" not in server.stderr and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "could not load no-such-model" in server.stderr, server.stderr
+    with urllib.request.urlopen(server.url + "/health") as response:
+        health = json.loads(response.read())
+    assert health["state"] == "error" and health["model"] is None, health
+    assert "no-such-model" in health["error"] and "abi model" in health["error"], health
