@@ -16,6 +16,7 @@ sentence encoder, else the active local model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 MEMORY_SHARE = 4  # recalled items take at most a quarter of the context
 HISTORY_SHARE = 2  # earlier turns of the conversation take at most half
 TEMPLATE_MARGIN = 64  # tokens the chat template adds around the system prompt and the new message
+ENCODER_WAIT_S = 5.0  # a message sent at start-up waits this long for the sentence encoder at most
 
 
 @dataclass
@@ -64,6 +66,7 @@ class PersonaService:
         self.settings = settings
         self.engine = engine
         self.encoder: Any = None  # the packaged sentence encoder, once loaded (None: absent)
+        self._encoder_settled = asyncio.Event()  # loaded, or known to be absent
         self.router = PersonaRouter(embed=self._embed)
         self.metrics = PersonaMetrics()
         self.chats: ChatStore | None = None
@@ -85,12 +88,25 @@ class PersonaService:
         self._opening = asyncio.get_running_loop().create_task(self._open_at_start())
 
     async def _open_at_start(self) -> None:
-        """The sentence encoder (a second, once per machine: converting it), then memory; until
-        the encoder is there, routing reads words only."""
+        """The sentence encoder (a second, once per machine: converting it), then memory. A message
+        sent meanwhile waits for the encoder (`route`); where it is not installed, routing reads
+        words only."""
         from abi_tui.models.sentence_encoder import shared_encoder
 
-        self.encoder = await asyncio.to_thread(shared_encoder)
+        try:
+            self.encoder = await asyncio.to_thread(shared_encoder)
+        finally:
+            self._encoder_settled.set()
         await self.open_memory_at_start()
+
+    async def route(self, content: str, **kwargs: Any) -> tuple[Any, str]:
+        """`decide` on a thread, once the encoder has settled: a message sent while the server
+        starts waits for it (up to ENCODER_WAIT_S) rather than being routed by words alone, so
+        the same message is routed the same way whenever it arrives."""
+        if self._opening is not None and not self._encoder_settled.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._encoder_settled.wait(), ENCODER_WAIT_S)
+        return await asyncio.to_thread(self.decide, content, **kwargs)
 
     def _embed(self, text: str) -> Any:
         return self.encoder.encode(text) if self.encoder is not None else None
@@ -305,8 +321,7 @@ class PersonaService:
         if generation.model in PERSONA_IDS:
             generation.model = None  # the persona runs on the default backend
         text = last_user_text(generation)
-        decision, cleaned = await asyncio.to_thread(
-            self.decide, text, forced=None if requested == "auto" else requested)
+        decision, cleaned = await self.route(text, forced=None if requested == "auto" else requested)
         messages = [dict(m) for m in generation.messages] if generation.messages else [
             {"role": "user", "content": generation.prompt or ""}]
         for message in reversed(messages):
@@ -349,8 +364,7 @@ class PersonaService:
             earlier = await asyncio.to_thread(chats.messages, conversation_id)
             history = [{"role": m.role, "content": m.content} for m in earlier if m.content and m.role in ("user", "assistant")]
             previous = next((m.persona for m in reversed(earlier) if m.role == "assistant" and m.persona), None)
-        decision, cleaned = await asyncio.to_thread(self.decide, content, previous=previous,
-                                                    forced=forced)
+        decision, cleaned = await self.route(content, previous=previous, forced=forced)
         memory = await self.ensure_memory()
         hits = []
         note = None

@@ -106,8 +106,7 @@ async def route_only(request: web.Request) -> web.Response:
     previous = body.get("previous")
     if previous is not None and previous not in ("abi", "abbey", "aviva"):
         raise InvalidRequest("'previous' must be abi, abbey or aviva", param="previous")
-    decision, cleaned = await asyncio.to_thread(service_of(request).router.route_message, content,
-                                                previous=previous)
+    decision, cleaned = await service_of(request).route(content, previous=previous)
     return web.json_response({**decision.to_dict(), "content": cleaned})
 
 

@@ -47,6 +47,44 @@ async def test_route_endpoint_and_catalogue(app_server):
         assert "abbey" in json.dumps(catalogue) and "aviva" in json.dumps(catalogue)
 
 
+async def test_a_message_sent_at_start_up_waits_for_the_sentence_encoder(app_server, monkeypatch):
+    """It is routed by words and meaning, as the same message is later, not by words alone
+    because the encoder was still loading."""
+    import asyncio
+    import threading
+
+    from abi_tui.models import sentence_encoder
+
+    real = sentence_encoder.shared_encoder()
+    assert real is not None, "the packaged sentence encoder is not installed (README)"
+    loaded, embedded = threading.Event(), []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def encode(self, text):
+            embedded.append(text)
+            return real.encode(text)
+
+    def slow_to_load():
+        loaded.wait(10)
+        return Recording()
+
+    monkeypatch.setattr(sentence_encoder, "shared_encoder", slow_to_load)
+    server = await app_server()
+    content = "Which of you answers questions about the safety rules?"
+    async with aiohttp.ClientSession(server.url) as session:
+        request = asyncio.ensure_future(session.post("/api/v1/personas/route", headers=JSON,
+                                                     data=json.dumps({"content": content})))
+        await asyncio.sleep(0.5)
+        assert not request.done(), "routed before the encoder had loaded"
+        loaded.set()
+        async with await request as response:
+            decision = await response.json()
+    assert content in embedded and decision["persona"] == "abi", decision
+
+
 @pytest.mark.real_model
 async def test_conversation_on_gemma_routes_each_message(app_server, gemma_model):
     server = await app_server(model=str(gemma_model), n_ctx=1024)
