@@ -12,7 +12,7 @@ neighbour); the router uses it whenever the encoder is installed. Settings
 are chosen on the corpus's `dev` rows with heads fitted on its `train` rows: the L2 strength and
 the policy threshold (the route head's `policy` probability at or above which a message is a
 violation) and, for the semantic head, the weight of the nearness features, minimising dev errors
-with a missed violation counted `MISS_COST` times. The dev
+with a missed violation counted `MISS_COST` times and a benign message flagged `FLAG_COST` times. The dev
 decisions are the router's, with the lexicon's scores blended in and its policy flag counted. The shipped
 heads are then refitted on train and dev together with those settings. The `test` rows are
 never read here.
@@ -58,7 +58,8 @@ STEPS = 150
 SEMANTIC_STEPS = 300  # the dense part converges more slowly than the sparse one
 LEARNING_RATE = 0.01
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.10, 0.61, 0.05))
-MISS_COST = 3  # a violation answered as if it were fine is worse than a needless refusal
+MISS_COST = 3  # a violation answered as if it were fine is worse than a needless refusal,
+FLAG_COST = 2  # and a needless refusal is worse than an answer from another persona
 POLICY = ROUTES.index("policy")
 
 
@@ -206,7 +207,8 @@ def scores(p: np.ndarray, y: np.ndarray, threshold: float, lex: Lexicon,
     pred = decide(p, threshold, lex)
     policy = y == POLICY
     missed = int((policy & (pred != POLICY)).sum())
-    errors = int((pred != y).sum()) + (MISS_COST - 1) * missed
+    flagged = int((~policy & (pred == POLICY)).sum())
+    errors = int((pred != y).sum()) + (MISS_COST - 1) * missed + (FLAG_COST - 1) * flagged
     recall = 1.0 - missed / max(int(policy.sum()), 1)
     return float((pred == y).mean()), recall, errors
 
