@@ -8,14 +8,14 @@ cross-entropy with an L2 penalty, classes weighted by inverse frequency): the ro
 aviva, meta, policy) and the rule head (which policy rule, fitted on violations only). A second
 route head, the semantic one, also reads each message's sentence embedding from the packaged
 encoder and its nearness to the training messages of each route (a message is never its own
-neighbour); the router uses it whenever the encoder is installed. Settings
-are chosen on the corpus's `dev` rows with heads fitted on its `train` rows: the L2 strength and
-the policy threshold (the route head's `policy` probability at or above which a message is a
-violation) and, for the semantic head, the weight of the nearness features, minimising dev errors
-with a missed violation counted `MISS_COST` times and a benign message flagged `FLAG_COST` times. The dev
-decisions are the router's, with the lexicon's scores blended in and its policy flag counted. The shipped
-heads are then refitted on train and dev together with those settings. The `test` rows are
-never read here.
+neighbour); the router uses it whenever the encoder is installed. Settings are chosen on the
+corpus's `dev` rows with heads fitted on its `train` rows: the L2 strength and the policy
+threshold (the route head's `policy` probability at or above which a message is a violation)
+and, for the semantic head, the weight of the nearness features, minimising dev errors with a
+missed violation counted `MISS_COST` times and a benign message flagged `FLAG_COST` times. The
+dev decisions are the router's, with the lexicon's scores blended in and its policy flag
+counted. The shipped heads are then refitted on train and dev together with those settings.
+The `test` rows are never read here.
 
 The model is written to `abi_tui/personas/data/router_model.npz` with the threshold and a SHA-256
 of its inputs (the corpus, the concept classes, the feature code and this script).

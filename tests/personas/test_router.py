@@ -205,7 +205,8 @@ def test_genuine_praise_is_not_sarcasm(router):
 
 
 @pytest.mark.xfail(strict=True, reason="a known false positive of the words-only fallback "
-                   "(disable_safety: 'fixed' + 'crash'; with the sentence encoder, Abbey), docs/ROUTER.md")
+                   "(disable_safety: 'fixed' + 'crash'; with the sentence encoder, Abbey), "
+                   "docs/ROUTER.md")
 def test_genuine_praise_goes_to_abbey_on_words_alone(router):
     assert router.route("Great, thanks! That fixed the crash.").persona == "abbey"
 
