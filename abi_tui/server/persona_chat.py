@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -72,7 +73,8 @@ class PersonaService:
         self.chats: ChatStore | None = None
         self.memory: Any = None  # HybridMemory once the chat store is open
         self.memory_backend: Any = None
-        self._client: Any = None
+        self._client: Any = None  # the chroma client, made once (two threads at start-up could both try)
+        self._client_lock = threading.Lock()
         self.memory_state = "off"
         self.memory_error: str | None = None
         self._memory_lock = asyncio.Lock()
@@ -121,6 +123,7 @@ class PersonaService:
             await asyncio.gather(self._filling, return_exceptions=True)  # a thread: let it end
             self._filling = None
         self.memory = None
+        await asyncio.to_thread(self._close_chroma_client)
         if self.chats is not None:
             await asyncio.to_thread(self.chats.close)
             self.chats = None
@@ -212,9 +215,23 @@ class PersonaService:
     def _chroma_client(self) -> Any:
         from abi_tui.memory.vectors import make_client
 
-        if self._client is None:
-            self._client = make_client(self.settings.vector_store.url, self.settings.vectors_dir)
-        return self._client
+        with self._client_lock:
+            if self._client is None:
+                self._client = make_client(self.settings.vector_store.url, self.settings.vectors_dir)
+            return self._client
+
+    def _close_chroma_client(self) -> None:
+        """Chroma keeps each store's system (its threads, a dozen open files) for the life of the
+        process unless the client is closed: a server restarted in the same process must not
+        pile them up. (`close` is chromadb 1.x's; older releases have nothing to call.)"""
+        with self._client_lock:
+            client, self._client = self._client, None
+        close = getattr(client, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as exc:  # closing is best effort: the process may be ending anyway
+                log.info("could not close the vector store: %s", exc)
 
     def _open_memory(self, backend: Any) -> Any:
         from abi_tui.memory.embedder import CenteredEmbedder, EncoderEmbedder

@@ -145,6 +145,72 @@ async def test_memory_opens_at_start_up(app_server):
     assert service._client is not None and service.memory is not None
 
 
+
+async def wait_for_memory(service, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while service.memory_state not in ("ready", "error") and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def test_a_message_sent_while_the_vector_store_opens_does_not_break_it(app_server, monkeypatch):
+    """The first message can arrive while start-up is still opening the store: both ask for the
+    chroma client, and there must be one (two at once made chromadb fail, and memory ran
+    without vectors until a restart)."""
+    import threading
+
+    from abi_tui.memory import vectors
+
+    real, made = vectors.make_client, []
+
+    def slow_make_client(url, path):
+        made.append(threading.current_thread().name)
+        time.sleep(0.5)  # chromadb's first import and its database migrations, slowed down
+        return real(url, path)
+
+    monkeypatch.setattr(vectors, "make_client", slow_make_client)
+    server = await app_server()
+    service = server.state.services["personas"]
+    async with aiohttp.ClientSession(server.url) as session:
+        context = await chat(session, "My neighbour Ilse keeps bees in the garden.")
+        assert context["conversation_id"]
+        await wait_for_memory(service)
+        async with session.get("/api/v1/memory") as r:
+            status = await r.json()
+    assert status["state"] == "ready", status["error"]
+    assert len(made) == 1, made
+
+
+def open_files_under(folder) -> list[str]:
+    import os
+
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith(str(folder)):
+            found.append(target)
+    return found
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="reads /proc/self/fd (Linux)")
+async def test_a_stopped_server_closes_its_vector_store(app_server):
+    """A server stopped in a running process (the dashboard restarting its embedded server)
+    leaves no file of the store open: chromadb keeps them, and its threads, until the client is
+    closed."""
+    from abi_tui.server.main import graceful_stop
+
+    server = await app_server()
+    service = server.state.services["personas"]
+    await wait_for_memory(service)
+    assert service.memory_state == "ready", service.memory_error
+    folder = service.settings.vectors_dir
+    assert open_files_under(folder), "the open store holds its database"
+    await graceful_stop(server)
+    assert open_files_under(folder) == []
+
+
 @pytest.mark.real_model
 async def test_reembed_fills_the_embedding_models_collection_with_progress(app_server, gemma_model):
     from abi_tui.client import AbiClient
