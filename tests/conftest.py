@@ -16,7 +16,21 @@ import pytest
 from tiny_gguf import write_tiny_gguf
 
 TESTS = Path(__file__).parent
+FILE_LIMIT = 1024
 REPO = TESTS.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Run under the usual soft limit of 1,024 open files, whatever this shell allows: the suite
+    starts hundreds of servers in one process, and a leak of a few files each (chromadb's, once)
+    must fail here as it does on a machine with the default limit."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft > FILE_LIMIT:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FILE_LIMIT, hard))
 
 
 @pytest.fixture(autouse=True)
