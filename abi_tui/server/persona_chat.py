@@ -26,7 +26,7 @@ from typing import Any
 
 from abi_tui.backends.base import GenerationRequest
 from abi_tui.backends.engine import PERSONA_IDS, InferenceEngine, Stream
-from abi_tui.config import Settings
+from abi_tui.config import ServerConfig, Settings
 from abi_tui.errors import AbiError, ContextLengthExceeded, InvalidRequest
 from abi_tui.memory.chats import ChatStore
 from abi_tui.personas import (
@@ -308,7 +308,25 @@ class PersonaService:
             generation.messages, generation.prompt = [{"role": "system", "content": system}] + messages, None
         self.warm(backend)
         preface = support_text() if decision.policy == SELF_HARM else None
-        return await self.engine.open(generation, preface=preface)
+        try:
+            return await self.engine.open(generation, preface=preface)
+        except ContextLengthExceeded as exc:
+            raise self._persona_too_long(exc, backend, persona) from None
+
+    def _persona_too_long(self, exc: ContextLengthExceeded, backend: Any, persona: Persona) -> ContextLengthExceeded:
+        """The user typed a short message and is told the prompt is too long: say what else is in
+        it (the persona's instructions) and what to change."""
+        try:
+            instructions = self._token_counter(backend)(prefix_text(backend, persona))
+        except Exception:  # a template that cannot render a lone system message: say it plainly
+            instructions = None
+        size = f" ({instructions:,} tokens)" if instructions else ""
+        n_ctx = getattr(backend, "n_ctx_seq", None)
+        fewer = "" if instructions and n_ctx and instructions >= n_ctx else ", or ask for fewer tokens (max_tokens)"
+        return ContextLengthExceeded(
+            f"{exc.message} Persona chat puts {persona.name}'s instructions{size} before the conversation: "
+            f"load the model with a longer context (--n-ctx, or server.n_ctx; {ServerConfig.n_ctx} by "
+            f"default){fewer}.", param=exc.param)
 
     @staticmethod
     def _apply_sampling(generation: GenerationRequest, decision: RoutingDecision, body: dict[str, Any]) -> None:

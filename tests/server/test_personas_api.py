@@ -85,6 +85,27 @@ async def test_a_message_sent_at_start_up_waits_for_the_sentence_encoder(app_ser
     assert content in embedded and decision["persona"] == "abi", decision
 
 
+
+async def test_a_context_too_short_for_the_personas_instructions_says_so(app_server, tiny_model):
+    """A short message on a model loaded with a small context: the 400 says that the persona's
+    instructions fill it and how to fix it, on both persona routes, and nothing is saved."""
+    server = await app_server(model=str(tiny_model), n_ctx=256)
+    async with aiohttp.ClientSession(server.url) as session:
+        async with session.post("/api/v1/chat/aviva", headers=JSON,
+                                data=json.dumps({"content": "Sort a list in Python", "max_tokens": 8})) as r:
+            assert r.status == 400
+            error = (await r.json())["error"]
+        assert error["code"] == "context_length_exceeded"
+        assert "Aviva's instructions (" in error["message"] and "--n-ctx" in error["message"]
+        async with session.post("/v1/chat/completions", headers=JSON, data=json.dumps({
+                "model": "abbey", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello!"}]})) as r:
+            assert r.status == 400
+            error = (await r.json())["error"]
+        assert "Abbey's instructions (" in error["message"] and "--n-ctx" in error["message"]
+        async with session.get("/api/v1/conversations") as r:
+            assert (await r.json())["conversations"] == []
+
+
 @pytest.mark.real_model
 async def test_conversation_on_gemma_routes_each_message(app_server, gemma_model):
     server = await app_server(model=str(gemma_model), n_ctx=1024)
