@@ -75,6 +75,7 @@ class PersonaService:
         self.memory_backend: Any = None
         self._client: Any = None  # the chroma client, made once (two threads at start-up could both try)
         self._client_lock = threading.Lock()
+        self._client_closed = False
         self.memory_state = "off"
         self.memory_error: str | None = None
         self._memory_lock = asyncio.Lock()
@@ -216,6 +217,8 @@ class PersonaService:
         from abi_tui.memory.vectors import make_client
 
         with self._client_lock:
+            if self._client_closed:  # a start-up thread still running after stop: open nothing new
+                raise RuntimeError("the server is stopping")
             if self._client is None:
                 self._client = make_client(self.settings.vector_store.url, self.settings.vectors_dir)
             return self._client
@@ -225,7 +228,7 @@ class PersonaService:
         process unless the client is closed: a server restarted in the same process must not
         pile them up. (`close` is chromadb 1.x's; older releases have nothing to call.)"""
         with self._client_lock:
-            client, self._client = self._client, None
+            client, self._client, self._client_closed = self._client, None, True
         close = getattr(client, "close", None)
         if close is not None:
             try:

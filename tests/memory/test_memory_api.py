@@ -211,6 +211,31 @@ async def test_a_stopped_server_closes_its_vector_store(app_server):
     assert open_files_under(folder) == []
 
 
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="reads /proc/self/fd (Linux)")
+async def test_a_server_stopped_while_its_store_opens_leaves_nothing_open(app_server, monkeypatch):
+    """Stopped during chromadb's start-up: the client being made is closed once it exists."""
+    from abi_tui.memory import vectors
+    from abi_tui.server.main import graceful_stop
+
+    real, making = vectors.make_client, []
+
+    def slow_make_client(url, path):
+        making.append(path)
+        time.sleep(1.0)
+        return real(url, path)
+
+    monkeypatch.setattr(vectors, "make_client", slow_make_client)
+    server = await app_server()
+    folder = server.state.services["personas"].settings.vectors_dir
+    deadline = time.monotonic() + 10
+    while not making and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert making, "start-up did not open the store"
+    await graceful_stop(server)
+    await asyncio.sleep(1.5)  # whatever start-up thread was still running has ended
+    assert open_files_under(folder) == []
+
 @pytest.mark.real_model
 async def test_reembed_fills_the_embedding_models_collection_with_progress(app_server, gemma_model):
     from abi_tui.client import AbiClient
