@@ -214,8 +214,20 @@ async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 1
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
+            raise AssertionError(f"timed out waiting for {what or condition} ({process_load()})")
         await pilot.pause(0.05)
+
+
+def process_load() -> str:
+    """Open files and threads of the test process: a timeout with a thousand open files is a
+    leak (the server could not accept), not a slow machine."""
+    import threading
+
+    try:
+        files = str(len(os.listdir("/proc/self/fd")))
+    except OSError:  # not Linux
+        files = "?"
+    return f"this process: {files} open files, {threading.active_count()} Python threads"
 
 
 def wait_sync(condition: Callable[[], bool], timeout: float = 15.0) -> None:
