@@ -16,8 +16,8 @@ import pytest
 from tiny_gguf import write_tiny_gguf
 
 TESTS = Path(__file__).parent
-FILE_LIMIT = 1024
 REPO = TESTS.parent
+FILE_LIMIT = 1024
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import aiohttp
@@ -152,22 +153,27 @@ async def wait_for_memory(service, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_a_message_sent_while_the_vector_store_opens_does_not_break_it(app_server, monkeypatch):
-    """The first message can arrive while start-up is still opening the store: both ask for the
-    chroma client, and there must be one (two at once made chromadb fail, and memory ran
-    without vectors until a restart)."""
-    import threading
-
+def slow_client_maker(monkeypatch, delay: float) -> list:
+    """chromadb's first import and its database migrations, slowed down: returns the list of the
+    folders a client was asked for, in order."""
     from abi_tui.memory import vectors
 
-    real, made = vectors.make_client, []
+    real, asked = vectors.make_client, []
 
     def slow_make_client(url, path):
-        made.append(threading.current_thread().name)
-        time.sleep(0.5)  # chromadb's first import and its database migrations, slowed down
+        asked.append(path)
+        time.sleep(delay)
         return real(url, path)
 
     monkeypatch.setattr(vectors, "make_client", slow_make_client)
+    return asked
+
+
+async def test_a_message_sent_while_the_vector_store_opens_does_not_break_it(app_server, monkeypatch):
+    """The first message can arrive while start-up is still opening the store: both ask for the
+    chroma client, and there must be one (two made at once for one folder can fail in chromadb,
+    "Could not connect to tenant", and memory then ran without vectors until a restart)."""
+    asked = slow_client_maker(monkeypatch, 0.5)
     server = await app_server()
     service = server.state.services["personas"]
     async with aiohttp.ClientSession(server.url) as session:
@@ -177,12 +183,10 @@ async def test_a_message_sent_while_the_vector_store_opens_does_not_break_it(app
         async with session.get("/api/v1/memory") as r:
             status = await r.json()
     assert status["state"] == "ready", status["error"]
-    assert len(made) == 1, made
+    assert len(asked) == 1, asked
 
 
 def open_files_under(folder) -> list[str]:
-    import os
-
     found = []
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -194,7 +198,18 @@ def open_files_under(folder) -> list[str]:
     return found
 
 
-@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="reads /proc/self/fd (Linux)")
+async def files_left_open(folder, timeout: float = 5.0) -> list[str]:
+    """What stays open under `folder` once a start-up thread still running has had time to end."""
+    deadline = time.monotonic() + timeout
+    while (found := open_files_under(folder)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return found
+
+
+linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/self/fd (Linux)")
+
+
+@linux_only
 async def test_a_stopped_server_closes_its_vector_store(app_server):
     """A server stopped in a running process (the dashboard restarting its embedded server)
     leaves no file of the store open: chromadb keeps them, and its threads, until the client is
@@ -211,30 +226,26 @@ async def test_a_stopped_server_closes_its_vector_store(app_server):
     assert open_files_under(folder) == []
 
 
-
-@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="reads /proc/self/fd (Linux)")
+@linux_only
 async def test_a_server_stopped_while_its_store_opens_leaves_nothing_open(app_server, monkeypatch):
-    """Stopped during chromadb's start-up: the client being made is closed once it exists."""
-    from abi_tui.memory import vectors
+    """Stopped during chromadb's start-up: the client being made is closed once it exists, and
+    nothing asks for a new one after the stop."""
     from abi_tui.server.main import graceful_stop
 
-    real, making = vectors.make_client, []
-
-    def slow_make_client(url, path):
-        making.append(path)
-        time.sleep(1.0)
-        return real(url, path)
-
-    monkeypatch.setattr(vectors, "make_client", slow_make_client)
+    asked = slow_client_maker(monkeypatch, 1.0)
     server = await app_server()
-    folder = server.state.services["personas"].settings.vectors_dir
+    service = server.state.services["personas"]
+    folder = service.settings.vectors_dir
     deadline = time.monotonic() + 10
-    while not making and time.monotonic() < deadline:
+    while not asked and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    assert making, "start-up did not open the store"
+    assert asked, "start-up did not open the store"
     await graceful_stop(server)
-    await asyncio.sleep(1.5)  # whatever start-up thread was still running has ended
-    assert open_files_under(folder) == []
+    assert await files_left_open(folder) == []
+    with pytest.raises(RuntimeError, match="stopping"):
+        service._chroma_client()
+    assert len(asked) == 1
+
 
 @pytest.mark.real_model
 async def test_reembed_fills_the_embedding_models_collection_with_progress(app_server, gemma_model):

@@ -85,7 +85,6 @@ async def test_a_message_sent_at_start_up_waits_for_the_sentence_encoder(app_ser
     assert content in embedded and decision["persona"] == "abi", decision
 
 
-
 async def test_a_context_too_short_for_the_personas_instructions_says_so(app_server, tiny_model):
     """A short message on a model loaded with a small context: the 400 says that the persona's
     instructions fill it and how to fix it, on both persona routes, and nothing is saved."""
