@@ -153,27 +153,29 @@ async def wait_for_memory(service, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def slow_client_maker(monkeypatch, delay: float) -> list:
-    """chromadb's first import and its database migrations, slowed down: returns the list of the
-    folders a client was asked for, in order."""
+def slow_client_maker(monkeypatch, delay: float) -> tuple[list, list]:
+    """chromadb's first import and its database migrations, slowed down: the folders a client
+    was asked for, and those made, in order."""
     from abi_tui.memory import vectors
 
-    real, asked = vectors.make_client, []
+    real, asked, made = vectors.make_client, [], []
 
     def slow_make_client(url, path):
         asked.append(path)
         time.sleep(delay)
-        return real(url, path)
+        client = real(url, path)
+        made.append(path)
+        return client
 
     monkeypatch.setattr(vectors, "make_client", slow_make_client)
-    return asked
+    return asked, made
 
 
 async def test_a_message_sent_while_the_vector_store_opens_does_not_break_it(app_server, monkeypatch):
     """The first message can arrive while start-up is still opening the store: both ask for the
     chroma client, and there must be one (two made at once for one folder can fail in chromadb,
     "Could not connect to tenant", and memory then ran without vectors until a restart)."""
-    asked = slow_client_maker(monkeypatch, 0.5)
+    asked, _ = slow_client_maker(monkeypatch, 0.5)
     server = await app_server()
     service = server.state.services["personas"]
     async with aiohttp.ClientSession(server.url) as session:
@@ -195,14 +197,6 @@ def open_files_under(folder) -> list[str]:
             continue
         if target.startswith(str(folder)):
             found.append(target)
-    return found
-
-
-async def files_left_open(folder, timeout: float = 5.0) -> list[str]:
-    """What stays open under `folder` once a start-up thread still running has had time to end."""
-    deadline = time.monotonic() + timeout
-    while (found := open_files_under(folder)) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
     return found
 
 
@@ -232,16 +226,20 @@ async def test_a_server_stopped_while_its_store_opens_leaves_nothing_open(app_se
     nothing asks for a new one after the stop."""
     from abi_tui.server.main import graceful_stop
 
-    asked = slow_client_maker(monkeypatch, 1.0)
+    asked, made = slow_client_maker(monkeypatch, 1.0)
     server = await app_server()
     service = server.state.services["personas"]
     folder = service.settings.vectors_dir
     deadline = time.monotonic() + 10
     while not asked and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    assert asked, "start-up did not open the store"
+    assert asked and not made, "stop while start-up is making the store's client"
     await graceful_stop(server)
-    assert await files_left_open(folder) == []
+    deadline = time.monotonic() + 10
+    while not made and time.monotonic() < deadline:  # the start-up thread ends by itself
+        await asyncio.sleep(0.02)
+    assert made, "start-up's client was never made"
+    assert open_files_under(folder) == []
     with pytest.raises(RuntimeError, match="stopping"):
         service._chroma_client()
     assert len(asked) == 1
