@@ -219,15 +219,25 @@ async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 1
 
 
 def process_load() -> str:
-    """Open files and threads of the test process: a timeout with a thousand open files is a
-    leak (the server could not accept), not a slow machine."""
+    """Open files and threads of the test process, and where each thread is in abi's code: a
+    timeout with a thousand open files is a leak (the server could not accept), and one with a
+    thread parked on a lock says which, not a slow machine."""
     import threading
+    import traceback
 
     try:
         files = str(len(os.listdir("/proc/self/fd")))
     except OSError:  # not Linux
         files = "?"
-    return f"this process: {files} open files, {threading.active_count()} Python threads"
+    names = {t.ident: t.name for t in threading.enumerate()}
+    where = []
+    for ident, frame in sys._current_frames().items():
+        stack = traceback.extract_stack(frame)
+        ours = [f for f in stack if "abi_tui" in f.filename] or stack
+        last = ours[-1]
+        where.append(f"{names.get(ident, ident)}: {Path(last.filename).name}:{last.lineno} {last.name}"
+                     f" (in {Path(stack[-1].filename).name}:{stack[-1].lineno})")
+    return f"this process: {files} open files, {len(where)} threads; " + "; ".join(sorted(where))
 
 
 def wait_sync(condition: Callable[[], bool], timeout: float = 15.0) -> None:

@@ -194,7 +194,10 @@ async def test_ctrl_j_makes_a_new_line_and_enter_sends(chat_app):
         assert box.text == "hi\nyo"
         assert not answers(chat_app), "ctrl+j does not send"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: answers(chat_app) and answers(chat_app)[-1].status == "done", what="answer")
+        await wait_for(pilot, lambda: answers(chat_app) and answers(chat_app)[-1].status != "streaming",
+                       what="answer")
+        answer = answers(chat_app)[-1]
+        assert answer.status == "done", (answer.status, answer.text, notes(chat_app))
         assert box.text == ""
         assert [u.text for u in pane.query(UserMessage).results(UserMessage)] == ["hi\nyo"]
         assert answers(chat_app)[-1].text.startswith("hi yo")
