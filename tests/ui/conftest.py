@@ -214,7 +214,9 @@ async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 1
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition} ({process_load()})")
+            said = "; ".join(f"{n.title}: {n.message}" for n in pilot.app._notifications) or "none"
+            raise AssertionError(f"timed out waiting for {what or condition} (the app's notifications: {said}; "
+                                 f"{process_load()})")
         await pilot.pause(0.05)
 
 
