@@ -3,7 +3,8 @@
 One llama.cpp context per model holds `parallel` sequences (each with its own `n_ctx` cells).
 One thread per model runs the decode loop: each step puts one token per generating sequence,
 plus chunks of any prompts being prefilled, into one batch (continuous batching: new requests
-join between steps), then samples every sequence from its own sampler chain. The high-level
+join between steps), then samples every sequence from its own sampler chain (a greedy one by
+an argmax over its row of logits, see greedy_biases). The high-level
 `Llama.create_completion` costs ~64 µs of Python per token and decodes one sequence at a time,
 which is why this drives llama.cpp directly.
 """
@@ -80,6 +81,34 @@ FLASH_ATTN = {"auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": L.LLAMA_FLASH_ATTN_TYP
               "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED}
 
 
+def greedy_biases(params: SamplingParams) -> tuple[np.ndarray, np.ndarray] | None:
+    """For a request that llama.cpp's chain would sample with logit bias and greedy alone
+    (temperature 0, no penalties, no DRY; grammars are the caller's to rule out), its biases as
+    arrays for argmax_with_bias; None where the chain is needed. llama_sampler_sample copies the
+    whole vocabulary into a candidate array for every token: 295 µs on gemma-3's 262k tokens,
+    where an argmax over the row takes 30 µs (2 ms of every decode step at 8 streams)."""
+    if (params.temperature > 0 or params.presence_penalty or params.frequency_penalty
+            or params.repeat_penalty != 1.0 or params.dry_multiplier > 0):
+        return None
+    tokens = np.fromiter(params.logit_bias.keys(), dtype=np.int64, count=len(params.logit_bias))
+    biases = np.fromiter(params.logit_bias.values(), dtype=np.float32, count=len(params.logit_bias))
+    return tokens, biases
+
+
+def argmax_with_bias(logits: np.ndarray, tokens: np.ndarray, biases: np.ndarray) -> int:
+    """What llama.cpp's logit-bias then greedy samplers pick from one row of logits: the first
+    token with the highest biased logit. The row is biased in place and restored (copying
+    262k logits would cost more than the argmax)."""
+    if not len(tokens):
+        return int(logits.argmax())
+    saved = logits[tokens]
+    logits[tokens] += biases
+    try:
+        return int(logits.argmax())
+    finally:
+        logits[tokens] = saved
+
+
 @dataclass
 class LlamaOptions:
     n_ctx: int = 4096
@@ -99,6 +128,7 @@ class Sequence:
     stops: StopMatcher
     seq_id: int = -1
     sampler: Any = None
+    greedy: tuple[np.ndarray, np.ndarray] | None = None  # (tokens, biases) when argmax_with_bias samples
     prefilled: int = 0
     pin_key: str | None = None  # a prefix to keep (pin_prefix), not a request to answer
     grammar: str | None = None  # GBNF the answer must follow (JSON schema, forced tool calls)
@@ -394,7 +424,10 @@ class LlamaBackend:
         seq.seq_id, reused = self._pick_slot(seq.tokens)
         seq.prefilled = seq.n_past = reused
         try:
-            seq.sampler = self._build_sampler(seq.prepared.request.params, seq.grammar)
+            params = seq.prepared.request.params
+            seq.greedy = greedy_biases(params) if seq.grammar is None else None
+            if seq.greedy is None:
+                seq.sampler = self._build_sampler(params, seq.grammar)
         except Exception as exc:
             self._free_ids.append(seq.seq_id)
             seq.channel.close(None, GenerationError(f"could not set up sampling: {exc}"))
@@ -611,7 +644,11 @@ class LlamaBackend:
             if seq.row < 0:
                 continue
             row, seq.row = seq.row, -1
-            token = L.llama_sampler_sample(seq.sampler, self.ctx.ctx, row)
+            if seq.greedy is not None:
+                logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx.ctx, row), shape=(self.n_vocab,))
+                token = argmax_with_bias(logits, *seq.greedy)
+            else:
+                token = L.llama_sampler_sample(seq.sampler, self.ctx.ctx, row)
             if seq.logprobs is not None:
                 self._record_logprobs(seq, row, token)
             self._emit(seq, token)
