@@ -17,6 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
+from abi_tui.backends.base import hold_wakes, send_wakes
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -68,7 +70,9 @@ class ComputeThread:
         return future.result()
 
     def _run(self) -> None:
+        hold_wakes()  # sent before each llama_decode and before this thread waits or runs a job
         while True:
+            send_wakes()
             with self._cond:
                 while not self._jobs and not any(m.has_work() for m in self._models):
                     self._cond.wait()
@@ -76,6 +80,7 @@ class ComputeThread:
                 self._jobs.clear()
                 models = [m for m in self._models if m.has_work()]
             for fn, future in jobs:
+                send_wakes()
                 if future.set_running_or_notify_cancel():
                     try:
                         future.set_result(fn())

@@ -37,6 +37,7 @@ from abi_tui.backends.base import (
     Prepared,
     SamplingParams,
     TokenChannel,
+    send_wakes,
 )
 from abi_tui.backends.chat_templates import TEMPLATES, TURN_ENDS, fallback_format
 from abi_tui.backends.compute import COMPUTE
@@ -399,6 +400,8 @@ class LlamaBackend:
 
     def step(self) -> None:
         """One decode step (on the compute thread): admit waiting sequences, decode, sample."""
+        if self._incoming or self._pin_queue:
+            send_wakes()  # admitting may copy cells for milliseconds: the last tokens go out first
         while self._incoming and self._free_ids:
             if self._prefilling_same_prompt(self._incoming[0]):
                 break  # admitted next step, copying the cells being prefilled now
@@ -634,6 +637,7 @@ class LlamaBackend:
                 seq.row = batch.n_tokens - 1
         if batch.n_tokens == 0:
             return
+        send_wakes()  # the last step's tokens, now that the GIL is let go for the decode (hold_wakes)
         code = L.llama_decode(self.ctx.ctx, batch)
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
