@@ -649,13 +649,16 @@ class LlamaBackend:
                 continue
             row, seq.row = seq.row, -1
             if seq.greedy is not None:
-                logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx.ctx, row), shape=(self.n_vocab,))
-                token = argmax_with_bias(logits, *seq.greedy)
+                token = argmax_with_bias(self._logits(row), *seq.greedy)
             else:
                 token = L.llama_sampler_sample(seq.sampler, self.ctx.ctx, row)
             if seq.logprobs is not None:
                 self._record_logprobs(seq, row, token)
             self._emit(seq, token)
+
+    def _logits(self, row: int) -> np.ndarray:
+        """The last decode's logits for batch row `row`: a view of llama.cpp's buffer, not a copy."""
+        return np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx.ctx, row), shape=(self.n_vocab,))
 
     def _record_logprobs(self, seq: Sequence, row: int, token: int) -> None:
         """The chosen token's log-probability and the most likely alternatives, from the model's
@@ -663,7 +666,7 @@ class LlamaBackend:
         piece = self._piece(token)
         if piece is None:
             return  # the end of the answer is no token of it
-        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx.ctx, row), shape=(self.n_vocab,))
+        logits = self._logits(row)
         peak = float(logits.max())
         norm = peak + math.log(float(np.exp(logits - peak).sum()))
         entry = {"token": piece.decode("utf-8", errors="replace"), "logprob": float(logits[token]) - norm,

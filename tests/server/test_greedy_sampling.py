@@ -67,17 +67,20 @@ async def complete(session, **body):
         return (await response.json())["choices"][0]["text"]
 
 
-async def test_greedy_answers_with_logit_bias_match_the_sampler_chain(app_server, tiny_model):
+async def test_greedy_answers_with_logit_bias_match_the_sampler_chain(app_server, tiny_model, monkeypatch):
     """Through the API: the tiny model's tokens are its bytes, so a bias names a character."""
     server = await app_server(model=str(tiny_model), parallel=2, threads=1)
-    backend = server.state.engine.active_backend()
+    chain_samples = []
+    sample = L.llama_sampler_sample
+    monkeypatch.setattr(L, "llama_sampler_sample", lambda *args: chain_samples.append(1) or sample(*args))
     async with aiohttp.ClientSession(server.url) as session:
         plain = await complete(session)
         banned = await complete(session, logit_bias={str(ord(plain[0])): -100})
         forced = await complete(session, logit_bias={str(ord("Q")): 100})
+        assert not chain_samples  # the argmax sampled all three
         # A penalty too small to change any choice sends the same request through the chain.
         chained = await complete(session, logit_bias={str(ord(plain[0])): -100}, frequency_penalty=1e-6)
+        assert len(chain_samples) == 24
     assert banned[0] != plain[0] and plain[0] not in banned
     assert forced == "Q" * 24
     assert banned == chained
-    assert backend.tokens_generated >= 96
