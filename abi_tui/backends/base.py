@@ -8,7 +8,9 @@ the channel, one write per wake-up.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -129,13 +131,13 @@ _held = threading.local()
 def hold_wakes() -> None:
     """From now on, the loop wake-ups that channels ask for on this thread wait for send_wakes().
 
-    For the compute thread, which sends them right before it blocks in llama.cpp. A wake-up is a
-    write to the loop's self-pipe, a system call that releases the GIL: the woken loop thread
-    takes it and writes the tokens to their sockets while the compute thread waits for it back.
-    Measured on SmolLM2 at 8 streams, the compute thread spent 1.67-1.85 ms between two decodes
-    (of a 38 ms step), of which sampling and emitting the tokens took 0.33 ms. Sent as it enters
-    llama_decode (which runs without the GIL), the loop's work overlaps the decode instead:
-    1.06-1.33 ms between decodes.
+    For the compute thread, which sends them right before it blocks in llama_decode (and before
+    it waits for work or runs a job). Sent per token, each wake-up let the loop thread write that
+    token to its socket while the compute thread waited for the GIL: at 8 streams on SmolLM2 the
+    compute thread spent 1.67-1.85 ms between two decodes (of a 38 ms step), of which sampling and
+    emitting took 0.33 ms. Held and sent as the decode starts, the loop's work overlaps the decode;
+    with the GIL kept through the wake-up itself (`_wake`), 0.47 ms between decodes at 8 streams
+    and 0.27 ms at 1 (0.84 ms per token when every token woke the loop).
     """
     _held.calls = []
 
@@ -151,9 +153,43 @@ def send_wakes() -> None:
         by_loop.setdefault(loop, []).append((fn, args))
     for loop, batch in by_loop.items():
         try:
-            loop.call_soon_threadsafe(_run_all, batch)
+            _wake(loop, _run_all, batch)
         except RuntimeError:  # the loop is closed: nobody is left to read these channels
             pass
+
+
+def _libc_send() -> Any:
+    """libc's `send`, called with the GIL held (ctypes.PyDLL); None where there is none."""
+    try:
+        send = ctypes.PyDLL(None).send
+    except (OSError, AttributeError, TypeError):  # not a POSIX libc
+        return None
+    send.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int)
+    send.restype = ctypes.c_ssize_t
+    return send
+
+
+_SEND = _libc_send() if hasattr(socket, "MSG_DONTWAIT") else None
+
+
+def _wake(loop: asyncio.AbstractEventLoop, fn: Callable[[Any], Any], arg: Any) -> None:
+    """`loop.call_soon_threadsafe(fn, arg)`, without letting go of the GIL where it can.
+
+    call_soon_threadsafe wakes the loop with a `send` on its self-pipe socket, and Python lets go
+    of the GIL around that system call: the woken loop thread takes it and writes the tokens to
+    their sockets while the compute thread, one step from its next llama_decode, waits to get it
+    back (about 0.4 ms at 1 stream on SmolLM2). Sent with the GIL held, the loop thread wakes and
+    waits until the compute thread lets go of the GIL in llama_decode, so the loop's work overlaps
+    the decode. This reaches into asyncio's selector loop (`_csock`, `_call_soon`: what
+    call_soon_threadsafe does, less the GIL release; tests/backends/test_held_wakes.py checks
+    they are there); any other loop gets call_soon_threadsafe.
+    """
+    csock = getattr(loop, "_csock", None)
+    if _SEND is None or csock is None or loop.is_closed():
+        loop.call_soon_threadsafe(fn, arg)
+        return
+    loop._call_soon(fn, (arg,), None)  # type: ignore[attr-defined]
+    _SEND(csock.fileno(), b"\0", 1, socket.MSG_DONTWAIT)  # a full pipe already wakes the loop
 
 
 def _run_all(batch: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:

@@ -72,9 +72,9 @@ class ComputeThread:
     def _run(self) -> None:
         hold_wakes()  # sent before each llama_decode and before this thread waits or runs a job
         while True:
-            send_wakes()
             with self._cond:
                 while not self._jobs and not any(m.has_work() for m in self._models):
+                    send_wakes()  # only before waiting: with work to do, the next decode sends them
                     self._cond.wait()
                 jobs = list(self._jobs)
                 self._jobs.clear()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from abi_tui.backends import base
 from abi_tui.backends.base import TokenChannel, hold_wakes, send_wakes
+from abi_tui.backends.compute import ComputeThread
 
 
 def on_thread(fn):
@@ -87,3 +89,63 @@ async def test_wakes_held_for_a_closed_loop_are_dropped_without_an_error():
 
     on_thread(producer)
     assert channel.backlog == 1
+
+
+async def test_on_asyncio_s_own_loop_the_wake_up_keeps_the_gil_and_runs_in_order(monkeypatch):
+    """The wake-up that keeps the GIL reaches into asyncio's selector loop (its self-pipe socket
+    and `_call_soon`); if a Python release renames them, this fails instead of falling back quietly."""
+    loop = asyncio.get_running_loop()
+    assert base._SEND is not None and getattr(loop, "_csock", None) is not None and hasattr(loop, "_call_soon")
+
+    def refuse(*args):
+        raise AssertionError("call_soon_threadsafe lets go of the GIL")
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", refuse)
+    seen = []
+    on_thread(lambda: [base._wake(loop, seen.append, i) for i in range(3)])
+    await settle()
+    assert seen == [0, 1, 2]
+
+
+def test_a_loop_without_a_self_pipe_socket_gets_call_soon_threadsafe():
+    class OtherLoop:  # uvloop, a proactor loop, ...: no `_csock`
+        def __init__(self):
+            self.calls = []
+
+        def is_closed(self):
+            return False
+
+        def call_soon_threadsafe(self, fn, arg):
+            self.calls.append((fn, arg))
+
+    other = OtherLoop()
+    base._wake(other, print, "x")
+    assert other.calls == [(print, "x")]
+
+
+async def test_the_compute_thread_sends_held_wakes_before_it_waits_not_after_every_step(monkeypatch):
+    """With work left it goes straight to the next step (whose decode sends them); a model whose
+    steps never decode has its tokens sent together, once, when the thread runs out of work."""
+    loop = asyncio.get_running_loop()
+    channels = [TokenChannel(loop) for _ in range(3)]
+    wakes = []
+    real = base._wake
+    monkeypatch.setattr(base, "_wake", lambda *a: (wakes.append(a), real(*a)))
+
+    class ThreeSteps:  # one token per step, each for another stream
+        def __init__(self):
+            self.left = 3
+
+        def has_work(self):
+            return self.left > 0
+
+        def step(self):
+            self.left -= 1
+            channels[self.left].put(f"t{self.left}")
+
+    compute = ComputeThread()
+    compute.register(ThreeSteps())
+    assert await asyncio.wait_for(asyncio.gather(*(c.wait(5) for c in channels)), 5) == [True] * 3
+    await settle()
+    assert [c.drain() for c in channels] == [["t0"], ["t1"], ["t2"]]
+    assert len(wakes) == 1
