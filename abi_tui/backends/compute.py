@@ -28,6 +28,8 @@ class Steppable(Protocol):
 
     def step(self) -> None: ...
 
+    def idle_step(self) -> bool: ...
+
 
 class ComputeThread:
     def __init__(self) -> None:
@@ -73,8 +75,14 @@ class ComputeThread:
         hold_wakes()  # sent before each llama_decode and before this thread waits or runs a job
         while True:
             with self._cond:
+                idle = not self._jobs and not any(m.has_work() for m in self._models)
+                models = list(self._models)
+            if idle:
+                send_wakes()  # only when idle: with work to do, the next decode sends them
+                if any(_idle_step(model) for model in models):  # outside the lock: it may take ms
+                    continue
+            with self._cond:
                 while not self._jobs and not any(m.has_work() for m in self._models):
-                    send_wakes()  # only before waiting: with work to do, the next decode sends them
                     self._cond.wait()
                 jobs = list(self._jobs)
                 self._jobs.clear()
@@ -91,6 +99,14 @@ class ComputeThread:
                     model.step()
                 except Exception:
                     log.exception("decode step failed")
+
+
+def _idle_step(model: Steppable) -> bool:
+    try:
+        return model.idle_step()
+    except Exception:  # idle work is an optimisation: a failure never stops the thread
+        log.exception("idle step failed")
+        return False
 
 
 COMPUTE = ComputeThread()

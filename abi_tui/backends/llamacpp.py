@@ -211,6 +211,7 @@ class LlamaBackend:
         self._batch = L.llama_batch_init(options.n_batch, 0, 1)
         self._free_ids = list(range(options.parallel))
         self._slot_tokens: dict[int, list[int]] = {}  # what each free sequence's cells hold
+        self._slot_saved: set[int] = set()  # free sequences whose kept cells are saved already (idle_step)
         self._saved = SavedPrefixes(SAVED_PREFIX_BYTES)
         self._pin_id = options.parallel
         self._dry: dict[float, Any] = {}  # DRY multiplier -> a set-up DRY sampler to clone
@@ -492,6 +493,7 @@ class LlamaBackend:
             if source is not None and source[0] == "kept":
                 L.llama_memory_seq_rm(memory, source[1], -1, -1)  # moved
                 self._slot_tokens.pop(source[1], None)
+                self._slot_saved.discard(source[1])
             elif source is not None and source[0] == "saved":
                 state = self._saved.take(source[1]).state
             elif source is not None and source[0] == "pin":
@@ -510,8 +512,16 @@ class LlamaBackend:
         if reused == 0:
             L.llama_memory_seq_rm(memory, target, -1, -1)
         self._slot_tokens.pop(target, None)
+        self._slot_saved.discard(target)
         self.prompt_tokens_reused += reused
         return target, reused
+
+    def _needs_saving(self, seq_id: int, keeping: int) -> bool:
+        """Whether a free sequence's kept cells are worth saving before a prompt that keeps only
+        `keeping` of them takes it over (a prefix long enough to come back)."""
+        kept = self._slot_tokens.get(seq_id)
+        return (bool(kept) and len(kept) >= MIN_SAVED_PREFIX and 2 * keeping < len(kept)
+                and seq_id not in self._slot_saved)
 
     def _state_of(self, seq_id: int, limit: int) -> Any:
         """A sequence's cells serialised by llama.cpp (a ctypes byte array), None over `limit`
@@ -528,12 +538,29 @@ class LlamaBackend:
     def _save_kept(self, seq_id: int, keeping: int) -> None:
         """Save a free sequence's kept cells to host memory before a prompt that keeps only
         `keeping` of them takes it over (worth it for a prefix long enough to come back)."""
-        kept = self._slot_tokens.get(seq_id)
-        if not kept or len(kept) < MIN_SAVED_PREFIX or 2 * keeping >= len(kept):
+        if not self._needs_saving(seq_id, keeping):
             return
+        kept = self._slot_tokens[seq_id]
         state = self._state_of(seq_id, self._saved.budget_bytes)
         if state is not None:
             self._saved.add(kept, state)
+
+    def idle_step(self) -> bool:
+        """With nothing to decode (the compute thread calls this before it waits): save the
+        largest free sequence's kept cells to host memory now, while they fit the budget without
+        dropping anything saved, so that a request taking that sequence over later does not
+        wait for the copy (a 1,500-token prompt on SmolLM2: 34 MB, 21-70 ms). Whether it saved
+        one (the thread then checks for work and calls again)."""
+        room = self._saved.budget_bytes - self._saved.bytes
+        for seq_id in sorted(self._free_ids, key=lambda i: -len(self._slot_tokens.get(i, ()))):
+            if not self._needs_saving(seq_id, keeping=0):
+                continue
+            state = self._state_of(seq_id, room)
+            self._slot_saved.add(seq_id)  # saved, or too large to save without dropping others
+            if state is not None:
+                self._saved.add(self._slot_tokens[seq_id], state)
+                return True
+        return False
 
     def _keep_pin(self, seq: Sequence) -> None:
         """A pin's prefill is done: its cells go to host memory, the least recently used pin

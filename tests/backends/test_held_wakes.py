@@ -143,9 +143,39 @@ async def test_the_compute_thread_sends_held_wakes_before_it_waits_not_after_eve
             self.left -= 1
             channels[self.left].put(f"t{self.left}")
 
+        def idle_step(self):
+            return False
+
     compute = ComputeThread()
     compute.register(ThreeSteps())
     assert await asyncio.wait_for(asyncio.gather(*(c.wait(5) for c in channels)), 5) == [True] * 3
     await settle()
     assert [c.drain() for c in channels] == [["t0"], ["t1"], ["t2"]]
     assert len(wakes) == 1
+
+
+def test_an_idle_compute_thread_does_idle_work_until_there_is_none_then_waits():
+    done = threading.Event()
+
+    class IdleWork:
+        def __init__(self):
+            self.calls = 0
+
+        def has_work(self):
+            return False
+
+        def step(self):
+            raise AssertionError("no work to step")
+
+        def idle_step(self):
+            self.calls += 1
+            if self.calls == 3:
+                done.set()
+            return self.calls < 3  # two pieces of idle work, then nothing left
+
+    model = IdleWork()
+    compute = ComputeThread()
+    compute.register(model)
+    assert done.wait(5)
+    compute.wake()  # a spurious wake-up: nothing to do, and no more idle work either
+    assert compute.call(lambda: model.calls) == 3

@@ -106,7 +106,7 @@ async def test_more_conversations_than_sequences_keep_their_prefixes(app_server,
     follow_ups = []
     async with aiohttp.ClientSession(server.url) as session:
         answers = [await complete(session, turn, max_tokens=8) for turn in turns]
-        assert len(backend._slot_tokens) + backend.stats()["prefixes_saved"] == len(topics)
+        assert len(backend._slot_tokens) + backend.stats()["prefixes_saved"] >= len(topics)  # kept, saved or both
         assert backend.stats()["saved_prefix_bytes"] > 0
         for turn, answer in zip(turns, answers):
             reused = backend.prompt_tokens_reused
@@ -150,6 +150,37 @@ async def test_running_sequences_take_the_lowest_ids_in_order(app_server, tiny_m
     assert {i for batch in batches for i in batch} == {0, 1, 2}  # three requests: the three lowest ids
     for ids in batches:
         assert ids == sorted(ids), ids
+
+
+async def test_an_idle_server_saves_kept_cells_ahead_of_the_request_that_takes_them_over(app_server, tiny_model):
+    """With nothing to decode, the compute thread copies a finished prompt's cells to host memory
+    while they also stay in their sequence: the request that later takes that sequence over
+    (one sequence here) starts without a copy, and the first prompt's next turn still prefills
+    only what is new and answers as a fresh llama.cpp context does."""
+    from llama_cpp import Llama
+    from tiny_gguf import LLAMA_KWARGS
+
+    server = await app_server(model=str(tiny_model), parallel=1, threads=1, n_ctx=1024)
+    backend = server.state.engine.active_backend()
+    long_turn = "Orchards: " + "a long pasted document about apples and pears " * 8
+    async with aiohttp.ClientSession(server.url) as session:
+        long_answer = await complete(session, long_turn, max_tokens=8)
+        for _ in range(100):
+            if backend.stats()["prefixes_saved"]:
+                break
+            await asyncio.sleep(0.05)
+        assert backend.stats()["prefixes_saved"] == 1 and backend._slot_tokens[0][1] == ord("O")
+        copies = []
+        state_of = backend._state_of
+        backend._state_of = lambda *a: copies.append(a) or state_of(*a)
+        await complete(session, "Boats?", max_tokens=8)  # too short to be worth saving itself
+        assert copies == []  # taken over without a copy on the request's path
+        reused = backend.prompt_tokens_reused
+        follow_up = long_turn + long_answer + " And then?"
+        answer = await complete(session, follow_up, max_tokens=8)
+        assert backend.prompt_tokens_reused - reused >= len(long_turn.encode())
+    fresh = Llama(model_path=str(tiny_model), n_ctx=1024, **LLAMA_KWARGS)
+    assert answer == fresh.create_completion(follow_up, max_tokens=8, temperature=0)["choices"][0]["text"]
 
 
 async def test_flash_attention_setting_reaches_llama_cpp(app_server, tiny_model):
