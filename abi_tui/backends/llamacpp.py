@@ -555,10 +555,10 @@ class LlamaBackend:
         for seq_id in sorted(self._free_ids, key=lambda i: -len(self._slot_tokens.get(i, ()))):
             if not self._needs_saving(seq_id, keeping=0):
                 continue
-            state = self._state_of(seq_id, room)
-            self._slot_saved.add(seq_id)  # saved, or too large to save without dropping others
+            state = self._state_of(seq_id, room)  # None when too large: saved at takeover, as before
             if state is not None:
                 self._saved.add(self._slot_tokens[seq_id], state)
+                self._slot_saved.add(seq_id)
                 return True
         return False
 

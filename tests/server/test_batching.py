@@ -183,6 +183,35 @@ async def test_an_idle_server_saves_kept_cells_ahead_of_the_request_that_takes_t
     assert answer == fresh.create_completion(follow_up, max_tokens=8, temperature=0)["choices"][0]["text"]
 
 
+async def test_kept_cells_too_large_to_save_while_idle_are_still_saved_when_taken_over(app_server, tiny_model):
+    """The idle save never drops a saved prefix to make room; then the request that takes the
+    sequence over saves the kept cells, the least recently used saved prefix making way, as
+    without the idle save."""
+    server = await app_server(model=str(tiny_model), parallel=1, threads=1, n_ctx=1024)
+    backend = server.state.engine.active_backend()
+    first, second = ("Orchards: " + "apples and pears " * 24, "Harbours: " + "boats and nets " * 27)
+
+    async def saved_prefixes(count):
+        for _ in range(100):
+            if backend.stats()["prefixes_saved"] == count:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(backend.stats())
+
+    async with aiohttp.ClientSession(server.url) as session:
+        await complete(session, first, max_tokens=8)
+        await saved_prefixes(1)  # saved while idle
+        backend._saved.budget_bytes = backend._saved.bytes * 3 // 2  # no room for a second one
+        answer = await complete(session, second, max_tokens=8)
+        await asyncio.sleep(0.3)
+        assert backend.stats()["prefixes_saved"] == 1  # the idle save made no room by dropping
+        await complete(session, "Dunes?", max_tokens=4)  # takes the sequence over
+        await saved_prefixes(1)  # the second one saved, the first one dropped
+        reused = backend.prompt_tokens_reused
+        await complete(session, second + answer + " More?", max_tokens=4)
+        assert backend.prompt_tokens_reused - reused >= len(second.encode())
+
+
 async def test_flash_attention_setting_reaches_llama_cpp(app_server, tiny_model):
     """`--flash-attn off` builds the attention without llama.cpp's fused kernel: the scores matrix
     it then materializes shows in the compute buffer llama.cpp reports; greedy answers still come."""
