@@ -6,7 +6,8 @@ For each split (default dev and test; the shipped model was refitted on train an
 test is held out) it prints overall persona accuracy, per-persona precision and recall, policy
 recall (a violation routed to Abi, or to Abbey flagged `self_harm`), accuracy on questions about
 the assistant (meta), false positives on benign hard negatives, rule-id accuracy on the policy
-rows the router flagged, the confusion matrix and the list of errors. Then routing latency over
+rows the router flagged, the confusion matrix and the list of errors; test's errors only with
+`--test-errors`, since reading them is tuning on test (docs/ROUTER.md). Then routing latency over
 every test message, `--rounds` times each: p50/p99 of `PersonaRouter.route_message()` given the
 message's sentence embedding (computed once per message and shared with memory's search, so it
 is timed on its own: "sentence embedding", and the two together: "embedding + routing"), next to
@@ -142,7 +143,7 @@ def _met(name: str, value: float) -> bool:
     return value <= target if name == "false_flag_rate" else value >= target
 
 
-def show(split: str, ev: dict[str, Any]) -> None:
+def show(split: str, ev: dict[str, Any], errors: bool = True) -> None:
     print(f"\n== {split} ({ev['n']} messages) ==")
     print(f"accuracy {ev['accuracy']:.1%}   policy recall {ev['policy_recall']:.1%} "
           f"(of {ev['policy_n']})   meta {ev['meta_accuracy']:.1%} (of {ev['meta_n']})   "
@@ -160,8 +161,8 @@ def show(split: str, ev: dict[str, Any]) -> None:
     print("        " + "".join(f"{p:>7}" for p in PERSONAS))
     for t in PERSONAS:
         print(f"  {t:6}" + "".join(f"{ev['confusion'][f'{t}->{p}']:>7}" for p in PERSONAS))
-    print(f"errors ({len(ev['errors'])}):")
-    for e in ev["errors"]:
+    print(f"errors ({len(ev['errors'])}):" + ("" if errors else " not shown (held out; --test-errors)"))
+    for e in ev["errors"] if errors else ():
         text = " ".join(e["text"].split())
         text = text if len(text) <= 100 else text[:97] + "..."
         print(f"  {e['expected']}/{e['expected_policy'] or e['kind']} -> "
@@ -173,6 +174,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--split", default="dev,test")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--test-errors", action="store_true",
+                        help="also list the test split's errors (held out: reading them is tuning on test)")
     parser.add_argument("--words-only", action="store_true",
                         help="route without the sentence encoder (as when it is not installed)")
     args = parser.parse_args()
@@ -184,7 +187,7 @@ def main() -> int:
     for split in args.split.split(","):
         report[split] = evaluate(router, load(split))
         show(split + (" (in the shipped model's training data)" if split != "test" else
-                      " (held out)"), report[split])
+                      " (held out)"), report[split], errors=split != "test" or args.test_errors)
     messages = [row["text"] for row in load("test")]
     lat = latency(router, messages, args.rounds)
     report["latency_ms"] = lat

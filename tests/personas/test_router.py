@@ -177,10 +177,7 @@ def test_address_the_issue_is_not_personal_data(router):
 
 
 @pytest.mark.parametrize("message", [
-    pytest.param("I'm so frustrated, my Python script keeps throwing KeyError", marks=pytest.mark.xfail(
-        strict=True, reason="a known error of the words-only fallback since batch 14 (Aviva 0.52, "
-        "Abbey 0.47; before it, Abbey 0.53 and Aviva 0.47); with the sentence encoder, Aviva too, "
-        "before and since; docs/ROUTER.md")),
+    "I'm so frustrated, my Python script keeps throwing KeyError",
     "I'm anxious about running this migration on the production database",
     "I lost all my work when VS Code crashed, I could cry",
 ])
