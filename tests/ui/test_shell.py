@@ -144,7 +144,9 @@ async def test_server_down_then_back(serve_process, make_app):
         await wait_for(pilot, lambda: app.link.connected and app.link.health is not None
                        and app.link.health.state == "ready", what="reconnection")
         assert "ready" in header_text(app)
-        assert any("Reconnected" in n.message for n in app._notifications)
+        # Textual delivers a notification as a message, after the state change that sent it.
+        await wait_for(pilot, lambda: any("Reconnected" in n.message for n in app._notifications),
+                       what="the reconnection notice")
 
 
 async def test_embedded_server_that_cannot_start_is_reported(abi_home):
