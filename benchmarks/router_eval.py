@@ -9,8 +9,9 @@ the assistant (meta), false positives on benign hard negatives, rule-id accuracy
 rows the router flagged, the confusion matrix and the list of errors; test's errors only with
 `--test-errors`, since reading them is tuning on test (docs/ROUTER.md). Then routing latency over
 every test message, `--rounds` times each: p50/p99 of `PersonaRouter.route_message()` given the
-message's sentence embedding (computed once per message and shared with memory's search, so it
-is timed on its own: "sentence embedding", and the two together: "embedding + routing"), next to
+message's sentence embedding and the tuned encoder's state (computed once per message, the
+embedding shared with memory's search, so they are timed on their own: "sentence embedding", both
+encoders, and all of it together: "embedding + routing"), next to
 `str.lower().split()` measured in the same run (the floor any word-based router pays), as wall
 time and as the thread's CPU time (which a busy machine does not inflate; the encoder runs on
 one thread, so its CPU time is its cost). `--words-only` evaluates without the sentence encoder.
@@ -33,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from abi_tui.models.sentence_encoder import shared_encoder  # noqa: E402
+from abi_tui.personas.classifier import ADAPTER_PATH  # noqa: E402
 from abi_tui.personas.router import PersonaRouter  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / "abi_tui" / "personas" / "data" / "corpus.jsonl"
@@ -101,14 +103,19 @@ def percentile(samples: list[float], q: float) -> float:
 
 def latency(router: PersonaRouter, messages: list[str], rounds: int) -> dict[str, Any]:
     encoder = shared_encoder() if router.embed is not None else None
+    tuned = shared_encoder(ADAPTER_PATH) if router.embed_tuned is not None else None
     embedded = {m: encoder.encode(m) for m in messages} if encoder else {}
-    given = PersonaRouter(embed=embedded.get if encoder else None, model=router.model)
+    states = {m: tuned.encode(m) for m in messages} if tuned else {}
+    given = PersonaRouter(embed=embedded.get if encoder else None,
+                          embed_tuned=states.get if tuned else None, model=router.model)
 
     def route(text: str) -> object:
         return given.route_message(text)
 
     def embedding(text: str) -> object:
-        return encoder._embed_tokens(encoder._tokens(text))  # uncached: the real cost
+        if tuned:  # uncached: the real cost
+            tuned._embed_tokens(tuned.tokens(text))
+        return encoder._embed_tokens(encoder.tokens(text))
 
     def both(text: str) -> object:
         embedding(text)
@@ -180,9 +187,11 @@ def main() -> int:
                         help="route without the sentence encoder (as when it is not installed)")
     args = parser.parse_args()
     encoder = None if args.words_only else shared_encoder()
-    print("classifier input: " + ("words and meaning (sentence encoder)" if encoder else
-                                  "words only"))
-    router = PersonaRouter(embed=encoder.encode if encoder else None)
+    tuned = shared_encoder(ADAPTER_PATH) if encoder else None
+    print("classifier input: " + ("words only" if not encoder else "words and meaning (sentence "
+                                  "encoder" + (" and its tuned copy)" if tuned else ")")))
+    router = PersonaRouter(embed=encoder.encode if encoder else None,
+                           embed_tuned=tuned.encode if tuned else None)
     report: dict[str, Any] = {}
     for split in args.split.split(","):
         report[split] = evaluate(router, load(split))

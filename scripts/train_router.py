@@ -28,6 +28,7 @@ import hashlib
 import json
 import sys
 import time
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from abi_tui.personas.classifier import (  # noqa: E402
     Head,
     RouterModel,
     Semantic,
+    Tuned,
     dense_features,
     knn_features,
 )
@@ -58,6 +60,10 @@ STEPS = 150
 SEMANTIC_STEPS = 300  # the dense part converges more slowly than the sparse one
 LEARNING_RATE = 0.01
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.10, 0.61, 0.05))
+# Whether the lexicon's policy flag also marks a violation, for the semantic head (the words-only
+# fallback always counts it: there its phrases are a floor under a weaker classifier).
+LEXICON_FLAG = (True, False)
+BLENDS = (0.0, 0.25, 0.5)  # the tuned encoder's share in the semantic head's probabilities
 MISS_COST = 3  # a violation answered as if it were fine is worse than a needless refusal,
 FLAG_COST = 2  # and a needless refusal is worse than an answer from another persona
 POLICY = ROUTES.index("policy")
@@ -67,7 +73,7 @@ def input_digest() -> str:
     """What the model is a function of: the corpus, the concepts and the code."""
     h = hashlib.sha256()
     for path in (CORPUS, classifier.CONCEPTS_PATH, Path(classifier.__file__), Path(__file__),
-                 Path(sentence_encoder.__file__)):
+                 Path(sentence_encoder.__file__), classifier.ADAPTER_PATH):
         h.update(path.read_bytes().replace(b"\r\n", b"\n"))
     h.update(encoder_version().encode())
     return h.hexdigest()
@@ -193,18 +199,19 @@ class Lexicon:
             self.dist[i] = (d["abbey"], d["aviva"], d["abi"])
 
 
-def decide(p: np.ndarray, threshold: float, lex: Lexicon) -> np.ndarray:
-    """The route for each row: policy at or above the threshold (or flagged by the lexicon),
-    else the likeliest other with the lexicon's scores blended in."""
+def decide(p: np.ndarray, threshold: float, lex: Lexicon, lex_flag: bool) -> np.ndarray:
+    """The route for each row: policy at or above the threshold (or, with `lex_flag`, flagged
+    by the lexicon), else the likeliest other with the lexicon's scores blended in."""
     rest = p[:, :POLICY] / p[:, :POLICY].sum(axis=1, keepdims=True)
     rest = (1 - LEXICON_WEIGHT) * rest + LEXICON_WEIGHT * lex.dist
-    return np.where((p[:, POLICY] >= threshold) | lex.flag, POLICY, rest.argmax(axis=1))
+    flagged = lex.flag if lex_flag else np.zeros_like(lex.flag)
+    return np.where((p[:, POLICY] >= threshold) | flagged, POLICY, rest.argmax(axis=1))
 
 
-def scores(p: np.ndarray, y: np.ndarray, threshold: float, lex: Lexicon,
+def scores(p: np.ndarray, y: np.ndarray, threshold: float, lex: Lexicon, lex_flag: bool,
            ) -> tuple[float, float, int]:
     """(route accuracy, policy recall, weighted errors) at a threshold."""
-    pred = decide(p, threshold, lex)
+    pred = decide(p, threshold, lex, lex_flag)
     policy = y == POLICY
     missed = int((policy & (pred != POLICY)).sum())
     flagged = int((~policy & (pred == POLICY)).sum())
@@ -225,7 +232,7 @@ def train(verbose: bool = True) -> RouterModel:
     for l2 in L2_GRID:
         p_dev = probabilities(fit(x_train, y_train, ROUTES, l2), x_dev)
         for threshold in THRESHOLDS:
-            acc, recall, errors = scores(p_dev, y_dev, threshold, lex_dev)
+            acc, recall, errors = scores(p_dev, y_dev, threshold, lex_dev, lex_flag=True)
             if best is None or errors < best[0]:
                 best = (errors, l2, threshold, acc, recall)
     assert best is not None
@@ -237,6 +244,7 @@ def train(verbose: bool = True) -> RouterModel:
         print(f"chose l2={l2:g}, policy threshold {threshold}: with heads fitted on train, dev "
               f"route accuracy {acc:.3f}, policy recall {recall:.3f}, rule accuracy {rule_acc:.3f}")
     e_train, e_dev = embed(train_rows), embed(dev_rows)
+    tuned_dev, tuned_head = tuned_classifier(len(dev_rows))
     dense_of = _dense_builder(e_train)
     sem_best: tuple | None = None
     for l2_sem in L2_GRID:
@@ -244,15 +252,18 @@ def train(verbose: bool = True) -> RouterModel:
             head, dense_w = fit(x_train, y_train, ROUTES, l2_sem,
                                 dense_of(e_train, y_train, knn_weight, own=True))
             p_dev = probabilities(head, x_dev, dense_of(e_dev, y_train, knn_weight), dense_w)
-            for t in THRESHOLDS:
-                acc_s, recall_s, errors = scores(p_dev, y_dev, t, lex_dev)
-                if sem_best is None or errors < sem_best[0]:
-                    sem_best = (errors, l2_sem, knn_weight, t, acc_s, recall_s)
+            for blend in BLENDS if tuned_dev is not None else (0.0,):
+                p = p_dev if not blend else (1 - blend) * p_dev + blend * tuned_dev
+                for t, flag in product(THRESHOLDS, LEXICON_FLAG):
+                    acc_s, recall_s, errors = scores(p, y_dev, t, lex_dev, flag)
+                    if sem_best is None or errors < sem_best[0]:
+                        sem_best = (errors, l2_sem, knn_weight, blend, t, flag, acc_s, recall_s)
     assert sem_best is not None
-    _, l2_sem, knn_weight, sem_threshold, acc_s, recall_s = sem_best
+    _, l2_sem, knn_weight, blend, sem_threshold, sem_flag, acc_s, recall_s = sem_best
+    tuned = Tuned(*tuned_head, blend) if blend else None
     if verbose:
-        print(f"semantic head: chose l2={l2_sem:g}, nearness weight {knn_weight}, policy "
-              f"threshold {sem_threshold}: dev route accuracy {acc_s:.3f}, policy recall "
+        print(f"semantic head: chose l2={l2_sem:g}, nearness weight {knn_weight}, tuned encoder's "
+              f"share {blend}, policy threshold {sem_threshold}, lexicon flag {sem_flag}: dev route accuracy {acc_s:.3f}, policy recall "
               f"{recall_s:.3f}")
     both = train_rows + dev_rows
     x_both, y_both = route_matrix(both)
@@ -262,11 +273,25 @@ def train(verbose: bool = True) -> RouterModel:
     dense_of = _dense_builder(e_both)
     sem_head, dense_w = fit(x_both, y_both, ROUTES, l2_sem,
                             dense_of(e_both, y_both, knn_weight, own=True))
-    semantic = Semantic(sem_head, dense_w, e_both, y_both, knn_weight, sem_threshold)
+    semantic = Semantic(sem_head, dense_w, e_both, y_both, knn_weight, sem_threshold, sem_flag)
     if verbose:
         print(f"refitted on train+dev ({len(both)} messages) in "
               f"{time.perf_counter() - started:.1f}s in all")
-    return RouterModel(route, rule, threshold, input_digest(), semantic)
+    return RouterModel(route, rule, threshold, input_digest(), semantic, tuned)
+
+
+def tuned_classifier(n_dev: int) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
+    """The tuned encoder's dev probabilities (its adapters fitted on train only) and its shipped
+    classifier (fitted on train and dev), from `scripts/tune_router_encoder.py`'s file."""
+    if not classifier.ADAPTER_PATH.is_file():
+        return None, (np.zeros(0), np.zeros(0))
+    with np.load(classifier.ADAPTER_PATH) as data:
+        dev = data["dev_probs"]
+        if dev.shape != (n_dev, len(ROUTES)):
+            raise SystemExit(f"{classifier.ADAPTER_PATH.name} has dev probabilities for "
+                             f"{dev.shape[0]} messages, the corpus {n_dev}: run "
+                             "scripts/tune_router_encoder.py")
+        return dev, (data["head_weights"], data["head_bias"])
 
 
 def _dense_builder(exemplars: np.ndarray):
@@ -294,11 +319,16 @@ def compare(fresh: RouterModel, shipped: RouterModel) -> bool:
         return False
     if fresh.semantic is not None:
         a, b = fresh.semantic, shipped.semantic
-        if not np.isclose(a.policy_threshold, b.policy_threshold) or a.knn_weight != b.knn_weight:
+        if not np.isclose(a.policy_threshold, b.policy_threshold) or \
+                a.knn_weight != b.knn_weight or a.lexicon_flag != b.lexicon_flag:
             return False
         if not np.allclose(a.dense, b.dense, atol=1e-5) or not np.array_equal(a.labels, b.labels):
             return False
         if np.abs(a.exemplars - b.exemplars).max() > 1.01 * np.abs(a.exemplars).max() / 127.0:
+            return False
+        if (fresh.tuned is None) != (shipped.tuned is None) or (fresh.tuned is not None and (
+                fresh.tuned.blend != shipped.tuned.blend
+                or not np.allclose(fresh.tuned.weights, shipped.tuned.weights))):
             return False
         pairs.append((a.head, b.head))
     for a, b in pairs:

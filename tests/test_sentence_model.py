@@ -31,7 +31,7 @@ def test_paraphrase_is_nearer_than_an_unrelated_sentence(encoder):
 
 def test_long_input_is_capped_head_and_tail(encoder):
     text = "start " + "filler " * 1000 + "finish"
-    tokens = encoder._tokens(text)
+    tokens = encoder.tokens(text)
     assert len(tokens) == MAX_TOKENS
     words = encoder._model.detokenize(tokens[1:-1]).decode()
     assert words.split()[0] == "start" and words.split()[-1] == "finish"
@@ -73,3 +73,53 @@ def test_loading_leaves_the_process_stderr_alone(encoder, monkeypatch):
     again = SentenceEncoder(encoder.path)
     assert redirected == []
     assert np.array_equal(again.encode("the same sentence"), encoder.encode("the same sentence"))
+
+
+# -- the tuned copy: low-rank adapters merged into the packaged weights ---------------------------
+
+QUERY = "encoder.layer.0.attention.self.query.weight"
+NORM = "encoder.layer.0.output.LayerNorm.bias"
+
+
+def _adapter(path, a: np.ndarray, b: np.ndarray, norm: np.ndarray, name: str = QUERY):
+    np.savez(path, **{f"lora_a/{name}": a, f"lora_b/{name}": b, f"norm/{NORM}": norm})
+    return path
+
+
+def test_an_adapter_adds_its_low_rank_product_and_replaces_norms(tmp_path):
+    tensors = {k.removeprefix("bert."): v for k, v in sentence_model._read_safetensors(
+        sentence_model.source_dir() / "model.safetensors").items()}
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 384)).astype(np.float16), rng.normal(size=(384, 2)).astype(np.float16)
+    norm = np.full(384, 0.5, np.float32)
+    merged = sentence_model.merged_weights(tensors, _adapter(tmp_path / "a.npz", a, b, norm))
+    assert np.allclose(merged[QUERY], tensors[QUERY] + b.astype(np.float32) @ a.astype(np.float32))
+    assert np.array_equal(merged[NORM], norm)
+    untouched = "encoder.layer.1.attention.self.query.weight"
+    assert merged[untouched] is tensors[untouched]
+
+
+def test_the_tuned_copy_is_cached_per_adapter_and_runs(monkeypatch, tmp_path, encoder):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    zero = _adapter(tmp_path / "zero.npz", np.zeros((2, 384), np.float16),
+                    np.zeros((384, 2), np.float16), np.zeros(384, np.float32))
+    path = sentence_model.gguf_path(zero)
+    assert path is not None and "-tuned-" in path.name and path != sentence_model.gguf_path()
+    tuned = SentenceEncoder(path, normalize=False)
+    state = tuned.encode("a sentence")
+    assert state.shape == (384,) and abs(float(np.linalg.norm(state)) - 1.0) > 1e-3  # not normalised
+    # the zeroed norm bias changed the model: its direction differs from the packaged encoder's
+    assert float(state @ encoder.encode("a sentence")) / float(np.linalg.norm(state)) < 0.999
+
+
+@pytest.mark.parametrize("name, shape, match", [
+    ("encoder.layer.9.attention.self.query.weight", (384, 2), "no tensor"),
+    (QUERY, (100, 2), "have shapes"),
+])
+def test_an_adapter_that_does_not_fit_fails_clearly(tmp_path, name, shape, match):
+    tensors = {k.removeprefix("bert."): v for k, v in sentence_model._read_safetensors(
+        sentence_model.source_dir() / "model.safetensors").items()}
+    bad = _adapter(tmp_path / "bad.npz", np.zeros((2, 384), np.float16),
+                   np.zeros(shape, np.float16), np.zeros(384, np.float32), name=name)
+    with pytest.raises(sentence_model.SentenceModelError, match=match):
+        sentence_model.merged_weights(tensors, bad)

@@ -27,7 +27,7 @@ CACHE_SIZE = 256
 
 
 class SentenceEncoder:
-    def __init__(self, path: Path, threads: int = 1) -> None:
+    def __init__(self, path: Path, threads: int = 1, normalize: bool = True) -> None:
         import llama_cpp as L
         from llama_cpp import _internals as internals
 
@@ -49,13 +49,15 @@ class SentenceEncoder:
                                    f"{LLAMA_LOG.last_error(lines) or exc}") from None
         self._batch = internals.LlamaBatch(n_tokens=MAX_TOKENS, embd=0, n_seq_max=1, verbose=True)
         self.path = path
+        self.normalize = normalize
         self.dim = int(self._model.n_embd())
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cls = int(self._model.token_bos())
         self._sep = int(self._model.tokenize(b"", add_bos=True, special=False)[-1])  # [SEP] closes the input
 
-    def _tokens(self, text: str) -> list[int]:
+    def tokens(self, text: str) -> list[int]:
+        """The encoder's input for `text`: [CLS], at most MAX_TOKENS - 2 tokens (head and tail), [SEP]."""
         toks = self._model.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False)
         toks = [t for t in toks if t not in (self._cls, self._sep)]
         room = MAX_TOKENS - 2
@@ -64,13 +66,14 @@ class SentenceEncoder:
         return [self._cls, *toks, self._sep]
 
     def encode(self, text: str) -> np.ndarray:
-        """The unit-length embedding of `text` (float32, `dim` values)."""
+        """The embedding of `text` (float32, `dim` values): unit length, or with
+        `normalize=False` the mean of the token states as it comes."""
         with self._lock:
             hit = self._cache.get(text)
             if hit is not None:
                 self._cache.move_to_end(text)
                 return hit
-            vector = self._embed_tokens(self._tokens(text))
+            vector = self._embed_tokens(self.tokens(text))
             self._cache[text] = vector
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
@@ -90,16 +93,19 @@ class SentenceEncoder:
         vector = np.ctypeslib.as_array(llama_get_embeddings_seq(self._ctx.ctx, 0),
                                        shape=(self.dim,)).astype(np.float32)
         norm = float(np.linalg.norm(vector))
-        return vector / norm if norm else vector
+        return vector / norm if norm and self.normalize else vector
 
 
-@lru_cache(maxsize=1)
-def shared_encoder() -> SentenceEncoder | None:
-    """The process's encoder, or None when the packaged model is not installed (logged once)."""
+@lru_cache(maxsize=2)
+def shared_encoder(adapter: Path | None = None) -> SentenceEncoder | None:
+    """The process's encoder, or None when the packaged model is not installed (logged once).
+
+    With `adapter`, the tuned copy of it that the router's own classifier reads (see
+    `sentence_model.merged_weights`); its embeddings are not normalised."""
     from abi_tui.models.sentence_model import INSTALL_HINT, gguf_path
 
     try:
-        path = gguf_path()
+        path = gguf_path(adapter)
     except Exception as exc:  # a broken package must not stop the server
         log.warning("sentence model unavailable: %s", exc)
         return None
@@ -108,4 +114,4 @@ def shared_encoder() -> SentenceEncoder | None:
                  "the chat model's embeddings",
                  INSTALL_HINT)
         return None
-    return SentenceEncoder(path)
+    return SentenceEncoder(path, normalize=adapter is None)

@@ -15,6 +15,7 @@ to a fact said in other words) embed with it; `models/sentence_encoder.py` runs 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -54,20 +55,29 @@ def cache_dir(env: dict[str, str] | None = None) -> Path:
     return Path(base) / "abi_tui" / "sentence"
 
 
-def gguf_path() -> Path | None:
-    """The converted model, converting it first if needed; None if the package is absent."""
+def gguf_path(adapter: Path | None = None) -> Path | None:
+    """The converted model, converting it first if needed; None if the package is absent.
+
+    With `adapter` (an .npz of low-rank adapters, see `merged_weights`), the tuned copy: the
+    adapters merged into the packaged weights, cached under the adapter file's digest."""
     src = source_dir()
     if src is None:
         return None
-    try:
-        version = metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    out = cache_dir() / f"{NAME}-{version}-f16.gguf"
+    tag = ""
+    if adapter is not None:
+        tag = "-tuned-" + hashlib.sha256(adapter.read_bytes()).hexdigest()[:16]
+    out = cache_dir() / f"{NAME}-{package_version()}{tag}-f16.gguf"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        convert(src, out)
+        convert(src, out, adapter)
     return out
+
+
+def package_version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -91,8 +101,37 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def convert(src: Path, out: Path) -> None:
-    """Write the BERT encoder in `src` as a GGUF file llama.cpp loads (atomically)."""
+def merged_weights(tensors: dict[str, np.ndarray], adapter: Path) -> dict[str, np.ndarray]:
+    """The packaged weights with an adapter file applied: `lora_a/NAME` (r x in) and `lora_b/NAME`
+    (out x r, scale included) add B @ A to matrix NAME; `norm/NAME` replaces vector NAME."""
+    out = dict(tensors)
+    with np.load(adapter) as data:
+        for key in data.files:
+            kind, _, name = key.partition("/")
+            if kind not in ("lora_a", "norm"):  # lora_b is read with its lora_a
+                continue
+            if name not in out:
+                raise SentenceModelError(f"{adapter.name}: no tensor {name} in the packaged model")
+            if kind == "norm":
+                new = data[key].astype(np.float32)
+            else:
+                a, b = data[key].astype(np.float32), data[f"lora_b/{name}"].astype(np.float32)
+                if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0] or \
+                        (b.shape[0], a.shape[1]) != out[name].shape:
+                    raise SentenceModelError(f"{adapter.name}: the adapters of {name} have shapes "
+                                             f"{b.shape} and {a.shape}, the packaged matrix "
+                                             f"{out[name].shape}")
+                new = out[name].astype(np.float32) + b @ a
+            if new.shape != out[name].shape:
+                raise SentenceModelError(f"{adapter.name}: {name} has shape {new.shape}, the "
+                                         f"packaged model {out[name].shape}")
+            out[name] = new
+    return out
+
+
+def convert(src: Path, out: Path, adapter: Path | None = None) -> None:
+    """Write the BERT encoder in `src` (with `adapter` merged in, if given) as a GGUF file
+    llama.cpp loads (atomically)."""
     import gguf
 
     cfg = json.loads((src / "config.json").read_text("utf-8"))
@@ -134,8 +173,11 @@ def convert(src: Path, out: Path) -> None:
             gguf.SpecialVocab(src, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
         finally:
             vocab_log.setLevel(level)
-        for hf_name, array in _read_safetensors(src / "model.safetensors").items():
-            hf_name = hf_name.removeprefix("bert.")
+        tensors = {k.removeprefix("bert."): v
+                   for k, v in _read_safetensors(src / "model.safetensors").items()}
+        if adapter is not None:
+            tensors = merged_weights(tensors, adapter)
+        for hf_name, array in tensors.items():
             name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if name is None:
                 raise SentenceModelError(f"{src.name}: no GGUF name for tensor {hf_name}")

@@ -35,6 +35,7 @@ import numpy as np
 DIM = 1 << 14
 DATA = Path(__file__).parent / "data"
 MODEL_PATH = DATA / "router_model.npz"
+ADAPTER_PATH = DATA / "router_encoder.npz"  # the tuned encoder's adapters and classifier
 CONCEPTS_PATH = DATA / "concepts.toml"
 
 POLICY_RULES = (
@@ -267,6 +268,7 @@ class Prediction:
     route_rows: np.ndarray  # the route head's weights of the message's features
     rule_rows: np.ndarray
     semantic: bool = False  # the route head with the sentence embedding decided
+    tuned: bool = False  # and the tuned encoder's classifier was blended in
 
     def evidence(self, label: str, limit: int = 3) -> list[str]:
         """The words that made `label` (a route or a rule) stand out, strongest first: what each
@@ -341,7 +343,7 @@ class Semantic:
     to each route's exemplars (the labelled corpus messages it was trained on)."""
 
     def __init__(self, head: Head, dense: np.ndarray, exemplars: np.ndarray, labels: np.ndarray,
-                 knn_weight: float, policy_threshold: float) -> None:
+                 knn_weight: float, policy_threshold: float, lexicon_flag: bool = True) -> None:
         if dense.shape != (exemplars.shape[1] + 2 * len(ROUTES), len(ROUTES)):
             raise ValueError(f"semantic head has shape {dense.shape} for {exemplars.shape[1]}-d "
                              "embeddings")
@@ -351,6 +353,7 @@ class Semantic:
         self.labels = np.asarray(labels, dtype=np.int64)
         self.knn_weight = float(knn_weight)
         self.policy_threshold = float(policy_threshold)
+        self.lexicon_flag = bool(lexicon_flag)
 
     @property
     def dim(self) -> int:
@@ -364,12 +367,34 @@ class Semantic:
         return p / p.sum()
 
 
+class Tuned:
+    """The tuned encoder's classifier (its mean-pooled state to route probabilities, trained by
+    `scripts/tune_router_encoder.py`) and its share in the blend with the semantic head."""
+
+    def __init__(self, weights: np.ndarray, bias: np.ndarray, blend: float) -> None:
+        if weights.ndim != 2 or weights.shape[1] != len(ROUTES) or bias.shape != (len(ROUTES),):
+            raise ValueError(f"tuned classifier has shape {weights.shape} / {bias.shape}")
+        self.weights = np.ascontiguousarray(weights, dtype=np.float32)
+        self.bias = np.asarray(bias, dtype=np.float32)
+        self.blend = float(blend)
+
+    @property
+    def dim(self) -> int:
+        return self.weights.shape[0]
+
+    def probs(self, state: np.ndarray) -> np.ndarray:
+        logits = state @ self.weights + self.bias
+        p = np.exp(logits - logits.max())
+        return p / p.sum()
+
+
 class RouterModel:
     """The trained heads, the policy threshold, and a `predict()` well under a millisecond
     (given the message's sentence embedding, which memory shares)."""
 
     def __init__(self, route: Head, rule: Head, policy_threshold: float = 0.5,
-                 input_sha256: str = "", semantic: Semantic | None = None) -> None:
+                 input_sha256: str = "", semantic: Semantic | None = None,
+                 tuned: Tuned | None = None) -> None:
         if route.labels != ROUTES or rule.labels != POLICY_RULES:
             raise ValueError(f"router model labels {route.labels} / {rule.labels} do not match "
                              f"{ROUTES} / {POLICY_RULES}")
@@ -378,11 +403,18 @@ class RouterModel:
         self.policy_threshold = float(policy_threshold)
         self.input_sha256 = input_sha256
         self.semantic = semantic
+        self.tuned = tuned if semantic is not None else None  # blended into the semantic head
 
     def threshold(self, semantic: bool) -> float:
         """The policy threshold of the head that decided (`Prediction.semantic`)."""
         return self.semantic.policy_threshold if semantic and self.semantic else \
             self.policy_threshold
+
+    def uses_lexicon_flag(self, semantic: bool) -> bool:
+        """Whether the lexicon's policy flag also marks a violation for the head that decided:
+        always for the words-only fallback, where its phrases are a floor under the classifier;
+        for the semantic head as training chose on dev."""
+        return self.semantic.lexicon_flag if semantic and self.semantic else True
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH) -> RouterModel:
@@ -401,9 +433,13 @@ class RouterModel:
                 semantic = Semantic(Head(ROUTES, weights, data["semantic_bias"]),
                                     data["semantic_dense"], exemplars, data["exemplar_labels"],
                                     float(data["knn_weight"]),
-                                    float(data["semantic_policy_threshold"]))
+                                    float(data["semantic_policy_threshold"]),
+                                    bool(data["semantic_lexicon_flag"]))
+            tuned = None
+            if "tuned_weights" in data:
+                tuned = Tuned(data["tuned_weights"], data["tuned_bias"], float(data["tuned_blend"]))
             return cls(heads[0], heads[1], float(data["policy_threshold"]),
-                       str(data["input_sha256"]), semantic)
+                       str(data["input_sha256"]), semantic, tuned)
 
     def save(self, path: Path) -> None:
         """int8 weights with one scale per class (a quarter of float32), int8 exemplars with one
@@ -420,7 +456,11 @@ class RouterModel:
                 exemplars_q=np.round(sem.exemplars / row_scale[:, None]).astype(np.int8),
                 exemplars_scale=row_scale.astype(np.float32),
                 knn_weight=np.float32(sem.knn_weight),
-                semantic_policy_threshold=np.float32(sem.policy_threshold))
+                semantic_policy_threshold=np.float32(sem.policy_threshold),
+                semantic_lexicon_flag=np.bool_(sem.lexicon_flag))
+        if self.tuned is not None:
+            arrays.update(tuned_weights=self.tuned.weights, tuned_bias=self.tuned.bias,
+                          tuned_blend=np.float32(self.tuned.blend))
         for name, head in heads:
             scale = np.abs(head.weights).max(axis=0) / 127.0
             scale[scale == 0] = 1.0
@@ -431,23 +471,31 @@ class RouterModel:
         np.savez_compressed(path, **arrays, policy_threshold=np.float32(self.policy_threshold),
                             input_sha256=np.array(self.input_sha256))
 
-    def predict(self, text: str, embedding: np.ndarray | None = None) -> Prediction:
-        """`embedding`: the message's sentence embedding (unit length), or None for words only."""
+    def predict(self, text: str, embedding: np.ndarray | None = None,
+                tuned_state: np.ndarray | None = None) -> Prediction:
+        """`embedding`: the message's sentence embedding (unit length), or None for words only;
+        `tuned_state`: the tuned encoder's mean-pooled state, blended in with the embedding."""
         features = featurize(text)
         semantic = self.semantic if embedding is not None else None
         if semantic is not None and len(embedding) != semantic.dim:
             raise ValueError(f"a {len(embedding)}-d embedding for a {semantic.dim}-d router")
         rule_rows = self.rule.weights[features.index]
+        tuned = self.tuned if semantic is not None and tuned_state is not None else None
+        if tuned is not None and len(tuned_state) != tuned.dim:
+            raise ValueError(f"a {len(tuned_state)}-d tuned state for a {tuned.dim}-d head")
         if semantic is not None:
             route_rows = semantic.head.weights[features.index]
             routes = semantic.probs(route_rows, features.value, embedding)
+            if tuned is not None:
+                routes = (1 - tuned.blend) * routes + tuned.blend * tuned.probs(tuned_state)
         else:
             route_rows = self.route.weights[features.index]
             routes = self.route.probs(route_rows, features.value)
         rules = self.rule.probs(rule_rows, features.value)
         return Prediction(dict(zip(ROUTES, routes.tolist(), strict=True)),
                           dict(zip(POLICY_RULES, rules.tolist(), strict=True)),
-                          features, route_rows, rule_rows, semantic is not None)
+                          features, route_rows, rule_rows, semantic is not None,
+                          tuned is not None)
 
 
 @lru_cache(maxsize=1)

@@ -145,17 +145,38 @@ def _winner(scores: Mapping[str, float]) -> str:
     return max(PERSONA_IDS, key=lambda p: (round(scores[p], 9), _TIE_ORDER[p]))
 
 
+def _checked(embed: Embed | None, text: str, dim: int | None, what: str, fallback: str,
+             ) -> np.ndarray | None:
+    """`embed(text)` as a finite `dim`-d vector, or None (logged) when it fails or does not fit."""
+    if embed is None or dim is None:
+        return None
+    try:
+        vector = embed(text)
+    except Exception:  # the embedders are optional; a broken one must not stop routing
+        log.exception("%s failed; %s", what, fallback)
+        return None
+    if vector is None:
+        return None
+    vector = np.asarray(vector, dtype=np.float32).ravel()
+    if vector.shape != (dim,) or not np.all(np.isfinite(vector)):
+        log.warning("a %s %s for a %d-d router; %s", vector.shape, what, dim, fallback)
+        return None
+    return vector
+
+
 class PersonaRouter:
     """Routes a message to a persona in well under a millisecond, given its sentence embedding.
 
     `embed`, when given, returns the message's sentence embedding (the shared encoder, which
-    memory then finds in its cache); the classifier's semantic head reads it. A failing or
-    mismatched embedder is logged and ignored: the words-only head routes instead.
+    memory then finds in its cache); the classifier's semantic head reads it. `embed_tuned`
+    returns the tuned encoder's state, whose classifier is blended in. A failing or mismatched
+    embedder is logged and ignored: the words-only head (or the semantic head alone) routes.
     """
 
-    def __init__(self, *, embed: Embed | None = None, hysteresis: float = HYSTERESIS,
-                 model: RouterModel | None = None) -> None:
+    def __init__(self, *, embed: Embed | None = None, embed_tuned: Embed | None = None,
+                 hysteresis: float = HYSTERESIS, model: RouterModel | None = None) -> None:
         self.embed = embed
+        self.embed_tuned = embed_tuned
         self.hysteresis = hysteresis
         self.model = model or default_model()
         self.rules = policy_rules()
@@ -179,12 +200,15 @@ class PersonaRouter:
         forced = inline or _check_persona(override, "override")
         previous = _check_persona(previous, "previous")
         sig = analyze(cleaned)
-        pred = self.model.predict(cleaned, self._embedding(cleaned))
+        embedding = self._embedding(cleaned)
+        tuned = self._tuned_state(cleaned) if embedding is not None else None
+        pred = self.model.predict(cleaned, embedding, tuned)
         signals = sig.to_dict()
         signals["override"] = forced
         signals["previous"] = previous
         signals["classifier"] = {k: round(v, 3) for k, v in pred.routes.items()}
-        signals["classifier_input"] = "words and meaning" if pred.semantic else "words"
+        signals["classifier_input"] = ("words, meaning and the tuned encoder" if pred.tuned else
+                                       "words and meaning" if pred.semantic else "words")
         signals["policy"] = None
         tally = lexicon_tally(sig, cleaned)
         learned = _persona_scores(pred)
@@ -232,7 +256,7 @@ class PersonaRouter:
             return pattern.rule, [found], 1.0, pattern.what
         p_policy = pred.routes["policy"]
         if p_policy < self.model.threshold(pred.semantic):
-            flag = sig.policy
+            flag = sig.policy if self.model.uses_lexicon_flag(pred.semantic) else None
             rule = self.rules.lexicon_categories.get(flag.category) if flag else None
             if flag is None or rule is None:
                 return None
@@ -263,22 +287,14 @@ class PersonaRouter:
     # -- scoring --------------------------------------------------------------------------
 
     def _embedding(self, text: str) -> np.ndarray | None:
-        if self.embed is None:
-            return None
-        try:
-            vector = self.embed(text)
-        except Exception:  # the embedder is optional; a broken one must not stop routing
-            log.exception("sentence embedding failed; routing on words only")
-            return None
         semantic = self.model.semantic
-        if vector is None or semantic is None:
-            return None
-        vector = np.asarray(vector, dtype=np.float32).ravel()
-        if vector.shape != (semantic.dim,) or not np.all(np.isfinite(vector)):
-            log.warning("a %s sentence embedding for a %d-d router; routing on words only",
-                        vector.shape, semantic.dim)
-            return None
-        return vector
+        return _checked(self.embed, text, semantic.dim if semantic else None,
+                        "sentence embedding", "routing on words only")
+
+    def _tuned_state(self, text: str) -> np.ndarray | None:
+        tuned = self.model.tuned
+        return _checked(self.embed_tuned, text, tuned.dim if tuned else None,
+                        "tuned encoder state", "routing without it")
 
     def _reason(self, winner: str, words: list[str], sig: Signals, tipped_by: str | None,
                 previous: str | None) -> str:

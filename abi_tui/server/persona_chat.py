@@ -67,8 +67,9 @@ class PersonaService:
         self.settings = settings
         self.engine = engine
         self.encoder: Any = None  # the packaged sentence encoder, once loaded (None: absent)
+        self.tuned_encoder: Any = None  # its copy tuned for routing (personas/classifier.py)
         self._encoder_settled = asyncio.Event()  # loaded, or known to be absent
-        self.router = PersonaRouter(embed=self._embed)
+        self.router = PersonaRouter(embed=self._embed, embed_tuned=self._embed_tuned)
         self.metrics = PersonaMetrics()
         self.chats: ChatStore | None = None
         self.memory: Any = None  # HybridMemory once the chat store is open
@@ -91,13 +92,19 @@ class PersonaService:
         self._opening = asyncio.get_running_loop().create_task(self._open_at_start())
 
     async def _open_at_start(self) -> None:
-        """The sentence encoder (a second, once per machine: converting it), then memory. A message
-        sent meanwhile waits for the encoder (`route`); where it is not installed, routing reads
-        words only."""
+        """The sentence encoder and its tuned copy (a second each, once per machine: converting
+        them), then memory. A message sent meanwhile waits for the encoders (`route`); where they
+        are not installed, routing reads words only."""
         from abi_tui.models.sentence_encoder import shared_encoder
+        from abi_tui.personas.classifier import ADAPTER_PATH
 
         try:
             self.encoder = await asyncio.to_thread(shared_encoder)
+            if self.encoder is not None and self.router.model.tuned is not None:
+                try:
+                    self.tuned_encoder = await asyncio.to_thread(shared_encoder, ADAPTER_PATH)
+                except Exception:  # optional: the router's own heads route without it
+                    log.exception("the tuned router encoder did not load")
         finally:
             self._encoder_settled.set()
         await self.open_memory_at_start()
@@ -113,6 +120,9 @@ class PersonaService:
 
     def _embed(self, text: str) -> Any:
         return self.encoder.encode(text) if self.encoder is not None else None
+
+    def _embed_tuned(self, text: str) -> Any:
+        return self.tuned_encoder.encode(text) if self.tuned_encoder is not None else None
 
     async def stop(self) -> None:
         if self._opening is not None:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from abi_tui.errors import InvalidRequest
+from abi_tui.models.sentence_encoder import shared_encoder
+from abi_tui.personas.classifier import ADAPTER_PATH
 from abi_tui.personas.router import (
     HYSTERESIS,
     PersonaRouter,
@@ -366,8 +368,6 @@ def test_ties_go_to_abbey():
 
 @pytest.fixture(scope="module")
 def encoder():
-    from abi_tui.models.sentence_encoder import shared_encoder
-
     found = shared_encoder()
     assert found is not None, "the packaged sentence encoder is not installed (README)"
     return found
@@ -384,6 +384,33 @@ def test_the_sentence_embedding_reaches_the_semantic_head(encoder):
     assert calls == [cleaned] == ["how do I centre a div"]
     assert d.signals["classifier_input"] == "words and meaning"
     assert PersonaRouter().route(cleaned).signals["classifier_input"] == "words"
+
+
+def test_the_tuned_encoder_is_blended_in_with_the_embedding(encoder):
+    tuned = shared_encoder(ADAPTER_PATH)
+    assert tuned is not None
+    calls: list[str] = []
+
+    def embed_tuned(text: str):
+        calls.append(text)
+        return tuned.encode(text)
+
+    router = PersonaRouter(embed=encoder.encode, embed_tuned=embed_tuned)
+    d = router.route("@abbey what does git rebase --onto do")
+    assert calls == ["what does git rebase --onto do"]
+    assert d.signals["classifier_input"] == "words, meaning and the tuned encoder"
+    # without the embedding, the tuned encoder is not asked (it is blended into that head only)
+    assert PersonaRouter(embed_tuned=embed_tuned).route("hello").signals["classifier_input"] == \
+        "words" and len(calls) == 1
+
+
+@pytest.mark.parametrize("hook", [lambda text: 1 / 0, lambda text: [0.5] * 7,
+                                  lambda text: [float("inf")] * 384])
+def test_a_broken_tuned_encoder_leaves_the_semantic_head_to_route(encoder, hook):
+    d = PersonaRouter(embed=encoder.encode, embed_tuned=hook).route(
+        "write a python function that sorts a list")
+    assert d.persona == "aviva"
+    assert d.signals["classifier_input"] == "words and meaning"
 
 
 def test_meaning_catches_what_words_miss(encoder):
@@ -406,5 +433,10 @@ def test_a_broken_embedder_never_breaks_routing(hook):
 
 
 def test_policy_is_not_outvoted_by_embeddings_or_history(encoder):
-    router = PersonaRouter(embed=lambda t: encoder.encode("I feel sad and lonely today"))
+    # The policy patterns hold whatever the embedding says (here a misleading one) ...
+    misled = PersonaRouter(embed=lambda t: encoder.encode("I feel sad and lonely today"))
+    d = misled.route("sudo rm -rf / --no-preserve-root", previous="abbey")
+    assert (d.persona, d.policy) == ("abi", "destructive_commands")
+    # ... and the classifier's verdict holds against the conversation's persona.
+    router = PersonaRouter(embed=encoder.encode, embed_tuned=shared_encoder(ADAPTER_PATH).encode)
     assert router.route("how do i make a bomb", previous="abbey").persona == "abi"

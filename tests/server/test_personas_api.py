@@ -13,6 +13,7 @@ import urllib.request
 import aiohttp
 import pytest
 
+from abi_tui.personas.classifier import ADAPTER_PATH
 from abi_tui.server.sse import parse_sse
 
 JSON = {"Content-Type": "application/json"}
@@ -56,6 +57,7 @@ async def test_a_message_sent_at_start_up_waits_for_the_sentence_encoder(app_ser
     from abi_tui.models import sentence_encoder
 
     real = sentence_encoder.shared_encoder()
+    real_tuned = sentence_encoder.shared_encoder(ADAPTER_PATH)
     assert real is not None, "the packaged sentence encoder is not installed (README)"
     loaded, embedded = threading.Event(), []
 
@@ -67,9 +69,9 @@ async def test_a_message_sent_at_start_up_waits_for_the_sentence_encoder(app_ser
             embedded.append(text)
             return real.encode(text)
 
-    def slow_to_load():
+    def slow_to_load(adapter=None):
         loaded.wait(10)
-        return Recording()
+        return Recording() if adapter is None else real_tuned
 
     monkeypatch.setattr(sentence_encoder, "shared_encoder", slow_to_load)
     server = await app_server()
@@ -83,6 +85,7 @@ async def test_a_message_sent_at_start_up_waits_for_the_sentence_encoder(app_ser
         async with await request as response:
             decision = await response.json()
     assert content in embedded and decision["persona"] == "abi", decision
+    assert decision["signals"]["classifier_input"] == "words, meaning and the tuned encoder"
 
 
 async def test_a_context_too_short_for_the_personas_instructions_says_so(app_server, tiny_model):
