@@ -11,7 +11,9 @@ encoder and its nearness to the training messages of each route (a message is ne
 neighbour); the router uses it whenever the encoder is installed. Settings are chosen on the
 corpus's `dev` rows with heads fitted on its `train` rows: the L2 strength and the policy
 threshold (the route head's `policy` probability at or above which a message is a violation)
-and, for the semantic head, the weight of the nearness features, minimising dev errors with a
+and, for the semantic head, the weight of the nearness features, the share of the tuned
+encoder's classifier (`scripts/tune_router_encoder.py`, whose file holds its dev probabilities)
+and whether the lexicon's policy flag counts, minimising dev errors with a
 missed violation counted `MISS_COST` times and a benign message flagged `FLAG_COST` times. The
 dev decisions are the router's, with the lexicon's scores blended in and its policy flag
 counted. The shipped heads are then refitted on train and dev together with those settings.
@@ -252,7 +254,7 @@ def train(verbose: bool = True) -> RouterModel:
             head, dense_w = fit(x_train, y_train, ROUTES, l2_sem,
                                 dense_of(e_train, y_train, knn_weight, own=True))
             p_dev = probabilities(head, x_dev, dense_of(e_dev, y_train, knn_weight), dense_w)
-            for blend in BLENDS if tuned_dev is not None else (0.0,):
+            for blend in BLENDS:
                 p = p_dev if not blend else (1 - blend) * p_dev + blend * tuned_dev
                 for t, flag in product(THRESHOLDS, LEXICON_FLAG):
                     acc_s, recall_s, errors = scores(p, y_dev, t, lex_dev, flag)
@@ -263,8 +265,8 @@ def train(verbose: bool = True) -> RouterModel:
     tuned = Tuned(*tuned_head, blend) if blend else None
     if verbose:
         print(f"semantic head: chose l2={l2_sem:g}, nearness weight {knn_weight}, tuned encoder's "
-              f"share {blend}, policy threshold {sem_threshold}, lexicon flag {sem_flag}: dev route accuracy {acc_s:.3f}, policy recall "
-              f"{recall_s:.3f}")
+              f"share {blend}, policy threshold {sem_threshold}, lexicon flag {sem_flag}: dev "
+              f"route accuracy {acc_s:.3f}, policy recall {recall_s:.3f}")
     both = train_rows + dev_rows
     x_both, y_both = route_matrix(both)
     route = fit(x_both, y_both, ROUTES, l2)
@@ -280,11 +282,9 @@ def train(verbose: bool = True) -> RouterModel:
     return RouterModel(route, rule, threshold, input_digest(), semantic, tuned)
 
 
-def tuned_classifier(n_dev: int) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
+def tuned_classifier(n_dev: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """The tuned encoder's dev probabilities (its adapters fitted on train only) and its shipped
     classifier (fitted on train and dev), from `scripts/tune_router_encoder.py`'s file."""
-    if not classifier.ADAPTER_PATH.is_file():
-        return None, (np.zeros(0), np.zeros(0))
     with np.load(classifier.ADAPTER_PATH) as data:
         dev = data["dev_probs"]
         if dev.shape != (n_dev, len(ROUTES)):

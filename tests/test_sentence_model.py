@@ -105,6 +105,8 @@ def test_the_tuned_copy_is_cached_per_adapter_and_runs(monkeypatch, tmp_path, en
                     np.zeros((384, 2), np.float16), np.zeros(384, np.float32))
     path = sentence_model.gguf_path(zero)
     assert path is not None and "-tuned-" in path.name and path != sentence_model.gguf_path()
+    stamp = path.stat().st_mtime_ns
+    assert sentence_model.gguf_path(zero) == path and path.stat().st_mtime_ns == stamp
     tuned = SentenceEncoder(path, normalize=False)
     state = tuned.encode("a sentence")
     assert state.shape == (384,) and abs(float(np.linalg.norm(state)) - 1.0) > 1e-3  # not normalised

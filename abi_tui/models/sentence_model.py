@@ -114,6 +114,9 @@ def merged_weights(tensors: dict[str, np.ndarray], adapter: Path) -> dict[str, n
                 raise SentenceModelError(f"{adapter.name}: no tensor {name} in the packaged model")
             if kind == "norm":
                 new = data[key].astype(np.float32)
+                if new.shape != out[name].shape:
+                    raise SentenceModelError(f"{adapter.name}: {name} has shape {new.shape}, the "
+                                             f"packaged model {out[name].shape}")
             else:
                 a, b = data[key].astype(np.float32), data[f"lora_b/{name}"].astype(np.float32)
                 if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0] or \
@@ -122,9 +125,6 @@ def merged_weights(tensors: dict[str, np.ndarray], adapter: Path) -> dict[str, n
                                              f"{b.shape} and {a.shape}, the packaged matrix "
                                              f"{out[name].shape}")
                 new = out[name].astype(np.float32) + b @ a
-            if new.shape != out[name].shape:
-                raise SentenceModelError(f"{adapter.name}: {name} has shape {new.shape}, the "
-                                         f"packaged model {out[name].shape}")
             out[name] = new
     return out
 
