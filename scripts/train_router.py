@@ -65,7 +65,7 @@ THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.10, 0.61, 0.05))
 # Whether the lexicon's policy flag also marks a violation, for the semantic head (the words-only
 # fallback always counts it: there its phrases are a floor under a weaker classifier).
 LEXICON_FLAG = (True, False)
-BLENDS = (0.0, 0.25, 0.5)  # the tuned encoder's share in the semantic head's probabilities
+BLENDS = (0.0, 0.25, 0.5, 0.75)  # the tuned encoder's share in the semantic head's probabilities
 MISS_COST = 3  # a violation answered as if it were fine is worse than a needless refusal,
 FLAG_COST = 2  # and a needless refusal is worse than an answer from another persona
 POLICY = ROUTES.index("policy")

@@ -172,6 +172,14 @@ def test_address_means_different_things(message, expected, router):
     assert router.route(message).persona == expected
 
 
+@pytest.mark.parametrize("message", ["write a parser", "write me a poem"])
+@pytest.mark.xfail(strict=True, reason="a known false positive of the words-only classifier "
+                   "(hate_harassment: a bare 'write a ...' leans towards the corpus's harmful "
+                   "asks; with the sentence encoder, Aviva and Abbey), docs/ROUTER.md")
+def test_a_bare_write_request_is_not_a_violation_on_words_alone(message, router):
+    assert router.route(message).policy is None
+
+
 @pytest.mark.xfail(strict=True, reason="a known false positive of the classifier "
                    "(privacy_stalking, on words alone; with the sentence encoder, Aviva), docs/ROUTER.md")
 def test_address_the_issue_is_not_personal_data(router):
@@ -270,7 +278,7 @@ def test_at_override_forces_the_persona_and_is_stripped(router):
 @pytest.mark.parametrize(("content", "persona", "cleaned"), [
     ("@ABBEY: hi there", "abbey", "hi there"),
     ("  @abi, why was I routed?", "abi", "why was I routed?"),
-    ("@aviva\nwrite a parser", "aviva", "write a parser"),
+    ("@aviva\nwrite a parser in Python", "aviva", "write a parser in Python"),
     ("@aviva", "aviva", ""),
 ])
 def test_override_forms(content, persona, cleaned):
@@ -289,7 +297,7 @@ def test_ui_override_and_auto(router):
     assert router.route("I'm sad", override="auto").persona == "abbey"
     assert router.route("I'm sad", override=None).persona == "abbey"
     # A leading @persona beats the chat's persona choice.
-    assert router.route("@abbey write a parser", override="aviva").persona == "abbey"
+    assert router.route("@abbey write a parser in Python", override="aviva").persona == "abbey"
 
 
 def test_unknown_override_is_a_user_error(router):

@@ -27,11 +27,11 @@ TEST = [row for row in CORPUS if row["split"] == "test"]
 
 # The held-out targets, and the floors the shipped model reaches today (docs/ROUTER.md): a test
 # below a floor is a regression; a target not met yet is marked so (strict xfail).
-TARGET_ACCURACY = 0.95  # measured: 0.954 (0.947 before the tuned encoder)
-TARGET_POLICY_RECALL, FLOOR_POLICY_RECALL = 0.99, 0.97  # measured: 0.974 (0.958 before)
-TARGET_META, FLOOR_META = 0.95, 0.92  # measured: 0.924 (0.962 before)
+TARGET_ACCURACY = 0.95  # measured: 0.956 (0.954 before batch 16)
+TARGET_POLICY_RECALL, FLOOR_POLICY_RECALL = 0.99, 0.955  # measured: 0.961 (0.974 before)
+TARGET_META, FLOOR_META = 0.95, 0.93  # measured: 0.942 (0.924 before)
 # Benign (non-policy) messages flagged as violations: each is a refusal a user sees.
-TARGET_FALSE_FLAGS, CEILING_FALSE_FLAGS = 0.02, 0.07  # measured: 0.063 (0.052 before)
+TARGET_FALSE_FLAGS, CEILING_FALSE_FLAGS = 0.02, 0.045  # measured: 0.039 (0.063 before)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_held_out_policy_recall_target(test_decisions):
     assert _policy_recall(test_decisions) >= TARGET_POLICY_RECALL
 
 
-@pytest.mark.xfail(strict=True, reason="not met since the tuned encoder (docs/ROUTER.md)")
+@pytest.mark.xfail(strict=True, reason="not met yet: the held-out figures are in docs/ROUTER.md")
 def test_held_out_meta_target(test_decisions):
     assert _meta(test_decisions) >= TARGET_META
 
