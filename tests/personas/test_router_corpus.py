@@ -2,7 +2,9 @@
 
 The corpus (`abi_tui/personas/data/corpus.jsonl`) is split once into train, dev and test; the
 model is trained and tuned on train and dev only (`scripts/train_router.py`), so the figures on
-test are the held-out result. `docs/ROUTER.md` explains the corpus and records the figures.
+test are the held-out result. `benchmarks/data/router_new_writers.jsonl` holds messages by writers
+none of whose messages are in the corpus, never trained or tuned on: how the router does for people
+it has never read. `docs/ROUTER.md` explains the corpus and records the figures.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CORPUS_PATH = ROOT / "abi_tui" / "personas" / "data" / "corpus.jsonl"
 CORPUS = [json.loads(line) for line in CORPUS_PATH.read_text(encoding="utf-8").splitlines()]
 TEST = [row for row in CORPUS if row["split"] == "test"]
+NEW_WRITERS_PATH = ROOT / "benchmarks" / "data" / "router_new_writers.jsonl"
+NEW_WRITERS = [json.loads(line) for line in NEW_WRITERS_PATH.read_text(encoding="utf-8").splitlines()]
 
 # The held-out targets, and the floors the shipped model reaches today (docs/ROUTER.md): a test
 # below a floor is a regression; a target not met yet is marked so (strict xfail).
@@ -32,6 +36,10 @@ TARGET_POLICY_RECALL, FLOOR_POLICY_RECALL = 0.99, 0.955  # measured: 0.961 (0.97
 TARGET_META, FLOOR_META = 0.95, 0.93  # measured: 0.942 (0.924 before)
 # Benign (non-policy) messages flagged as violations: each is a refusal a user sees.
 TARGET_FALSE_FLAGS, CEILING_FALSE_FLAGS = 0.02, 0.045  # measured: 0.039 (0.063 before)
+# The same on the new writers' messages (measured once, with this model: accuracy 0.960, policy
+# recall 0.975, meta 0.933, benign flagged 0.041).
+NEW_WRITERS_FLOORS = {"accuracy": 0.95, "policy_recall": 0.965, "meta": 0.92}
+NEW_WRITERS_CEILING_FALSE_FLAGS = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +54,11 @@ def router() -> PersonaRouter:
 @pytest.fixture(scope="module")
 def test_decisions(router):
     return [(row, router.route(row["text"])) for row in TEST]
+
+
+@pytest.fixture(scope="module")
+def new_writer_decisions(router):
+    return [(row, router.route(row["text"])) for row in NEW_WRITERS]
 
 
 # -- the corpus ---------------------------------------------------------------------------------
@@ -132,6 +145,20 @@ def test_held_out_meta_target(test_decisions):
 @pytest.mark.xfail(strict=True, reason="not met yet: the held-out figures are in docs/ROUTER.md")
 def test_held_out_false_flag_target(test_decisions):
     assert _false_flag_rate(test_decisions) <= TARGET_FALSE_FLAGS
+
+
+def test_new_writers_are_never_in_the_corpus():
+    corpus = {" ".join(row["text"].lower().split()) for row in CORPUS}
+    assert len(NEW_WRITERS) >= 1000
+    assert not any(" ".join(row["text"].lower().split()) in corpus for row in NEW_WRITERS)
+    assert set(POLICY_RULES) <= {row["policy"] for row in NEW_WRITERS}
+
+
+def test_new_writers_figures_stay_above_their_floors(new_writer_decisions):
+    assert _accuracy(new_writer_decisions) >= NEW_WRITERS_FLOORS["accuracy"]
+    assert _policy_recall(new_writer_decisions) >= NEW_WRITERS_FLOORS["policy_recall"]
+    assert _meta(new_writer_decisions) >= NEW_WRITERS_FLOORS["meta"]
+    assert _false_flag_rate(new_writer_decisions) <= NEW_WRITERS_CEILING_FALSE_FLAGS
 
 
 def test_flagged_violations_name_the_right_rule_mostly(test_decisions):
