@@ -27,7 +27,8 @@ CORPUS_PATH = ROOT / "abi_tui" / "personas" / "data" / "corpus.jsonl"
 CORPUS = [json.loads(line) for line in CORPUS_PATH.read_text(encoding="utf-8").splitlines()]
 TEST = [row for row in CORPUS if row["split"] == "test"]
 NEW_WRITERS_PATH = ROOT / "benchmarks" / "data" / "router_new_writers.jsonl"
-NEW_WRITERS = [json.loads(line) for line in NEW_WRITERS_PATH.read_text(encoding="utf-8").splitlines()]
+NEW_WRITERS = [json.loads(line)
+               for line in NEW_WRITERS_PATH.read_text(encoding="utf-8").splitlines()]
 
 # The held-out targets, and the floors the shipped model reaches today (docs/ROUTER.md): a test
 # below a floor is a regression; a target not met yet is marked so (strict xfail).
