@@ -87,8 +87,7 @@ def _adapter(path, a: np.ndarray, b: np.ndarray, norm: np.ndarray, name: str = Q
 
 
 def test_an_adapter_adds_its_low_rank_product_and_replaces_norms(tmp_path):
-    tensors = {k.removeprefix("bert."): v for k, v in sentence_model._read_safetensors(
-        sentence_model.source_dir() / "model.safetensors").items()}
+    tensors = sentence_model.packaged_tensors(sentence_model.source_dir())
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(2, 384)).astype(np.float16), rng.normal(size=(384, 2)).astype(np.float16)
     norm = np.full(384, 0.5, np.float32)
@@ -119,8 +118,7 @@ def test_the_tuned_copy_is_cached_per_adapter_and_runs(monkeypatch, tmp_path, en
     (QUERY, (100, 2), "have shapes"),
 ])
 def test_an_adapter_that_does_not_fit_fails_clearly(tmp_path, name, shape, match):
-    tensors = {k.removeprefix("bert."): v for k, v in sentence_model._read_safetensors(
-        sentence_model.source_dir() / "model.safetensors").items()}
+    tensors = sentence_model.packaged_tensors(sentence_model.source_dir())
     bad = _adapter(tmp_path / "bad.npz", np.zeros((2, 384), np.float16),
                    np.zeros(shape, np.float16), np.zeros(384, np.float32), name=name)
     with pytest.raises(sentence_model.SentenceModelError, match=match):

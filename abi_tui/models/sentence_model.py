@@ -101,6 +101,12 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+def packaged_tensors(src: Path) -> dict[str, np.ndarray]:
+    """The encoder's weights in `src`, named without the `bert.` prefix."""
+    tensors = _read_safetensors(src / "model.safetensors")
+    return {name.removeprefix("bert."): array for name, array in tensors.items()}
+
+
 def merged_weights(tensors: dict[str, np.ndarray], adapter: Path) -> dict[str, np.ndarray]:
     """The packaged weights with an adapter file applied: `lora_a/NAME` (r x in) and `lora_b/NAME`
     (out x r, scale included) add B @ A to matrix NAME; `norm/NAME` replaces vector NAME."""
@@ -173,8 +179,7 @@ def convert(src: Path, out: Path, adapter: Path | None = None) -> None:
             gguf.SpecialVocab(src, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
         finally:
             vocab_log.setLevel(level)
-        tensors = {k.removeprefix("bert."): v
-                   for k, v in _read_safetensors(src / "model.safetensors").items()}
+        tensors = packaged_tensors(src)
         if adapter is not None:
             tensors = merged_weights(tensors, adapter)
         for hf_name, array in tensors.items():
