@@ -15,9 +15,10 @@ and, for the semantic head, the weight of the nearness features, the share of th
 encoder's classifier (`scripts/tune_router_encoder.py`, whose file holds its dev probabilities)
 and whether the lexicon's policy flag counts, minimising dev errors with a
 missed violation counted `MISS_COST` times and a benign message flagged `FLAG_COST` times. The
-dev decisions are the router's, with the lexicon's scores blended in and its policy flag
-counted. The shipped heads are then refitted on train and dev together with those settings.
-The `test` rows are never read here.
+dev decisions are the router's, with the lexicon's scores blended in (and, for the words-only
+head, its policy flag counted). A second rule head reads the embedding as well, its L2
+strength chosen on dev rule accuracy. The shipped heads are then refitted on train and dev
+together with those settings. The `test` rows are never read here.
 
 The model is written to `abi_tui/personas/data/router_model.npz` with the threshold and a SHA-256
 of its inputs (the corpus, the concept classes, the feature code and this script).
@@ -42,6 +43,7 @@ from abi_tui.models import sentence_encoder, sentence_model  # noqa: E402
 from abi_tui.personas import classifier  # noqa: E402
 from abi_tui.personas.classifier import (  # noqa: E402
     DIM,
+    EMBEDDING_WEIGHT,
     POLICY_RULES,
     ROUTES,
     Head,
@@ -267,6 +269,20 @@ def train(verbose: bool = True) -> RouterModel:
         print(f"semantic head: chose l2={l2_sem:g}, nearness weight {knn_weight}, tuned encoder's "
               f"share {blend}, policy threshold {sem_threshold}, lexicon flag {sem_flag}: dev "
               f"route accuracy {acc_s:.3f}, policy recall {recall_s:.3f}")
+    x_rule_train, y_rule_train = rule_matrix(train_rows)
+    x_rule_dev, y_rule_dev = rule_matrix(dev_rows)
+    e_rule_train, e_rule_dev = violations(train_rows, e_train), violations(dev_rows, e_dev)
+    rule_best: tuple | None = None
+    for l2_rule in L2_GRID:
+        head, dense_w = fit(x_rule_train, y_rule_train, POLICY_RULES, l2_rule, e_rule_train)
+        pred = probabilities(head, x_rule_dev, e_rule_dev, dense_w).argmax(axis=1)
+        acc_r = float((pred == y_rule_dev).mean())
+        if rule_best is None or acc_r > rule_best[0]:
+            rule_best = (acc_r, l2_rule)
+    assert rule_best is not None
+    acc_r, l2_rule = rule_best
+    if verbose:
+        print(f"semantic rule head: chose l2={l2_rule:g}: dev rule accuracy {acc_r:.3f}")
     both = train_rows + dev_rows
     x_both, y_both = route_matrix(both)
     route = fit(x_both, y_both, ROUTES, l2)
@@ -275,11 +291,20 @@ def train(verbose: bool = True) -> RouterModel:
     dense_of = _dense_builder(e_both)
     sem_head, dense_w = fit(x_both, y_both, ROUTES, l2_sem,
                             dense_of(e_both, y_both, knn_weight, own=True))
-    semantic = Semantic(sem_head, dense_w, e_both, y_both, knn_weight, sem_threshold, sem_flag)
+    sem_rule, rule_dense = fit(*rule_matrix(both), POLICY_RULES, l2_rule,
+                               violations(both, e_both))
+    semantic = Semantic(sem_head, dense_w, e_both, y_both, knn_weight, sem_threshold, sem_flag,
+                        rule=sem_rule, rule_dense=rule_dense)
     if verbose:
         print(f"refitted on train+dev ({len(both)} messages) in "
               f"{time.perf_counter() - started:.1f}s in all")
     return RouterModel(route, rule, threshold, input_digest(), semantic, tuned)
+
+
+def violations(rows: list[dict], embeddings: np.ndarray) -> np.ndarray:
+    """The rule head's dense inputs: the scaled embeddings of the violations among `rows`, in
+    `rule_matrix`'s order."""
+    return embeddings[[i for i, row in enumerate(rows) if row["policy"]]] * EMBEDDING_WEIGHT
 
 
 def tuned_classifier(n_dev: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
@@ -324,13 +349,15 @@ def compare(fresh: RouterModel, shipped: RouterModel) -> bool:
             return False
         if not np.allclose(a.dense, b.dense, atol=1e-5) or not np.array_equal(a.labels, b.labels):
             return False
+        if not np.allclose(a.rule_dense, b.rule_dense, atol=1e-5):
+            return False
         if np.abs(a.exemplars - b.exemplars).max() > 1.01 * np.abs(a.exemplars).max() / 127.0:
             return False
         if (fresh.tuned is None) != (shipped.tuned is None) or (fresh.tuned is not None and (
                 fresh.tuned.blend != shipped.tuned.blend
                 or not np.allclose(fresh.tuned.weights, shipped.tuned.weights))):
             return False
-        pairs.append((a.head, b.head))
+        pairs += [(a.head, b.head), (a.rule, b.rule)]
     for a, b in pairs:
         step = np.abs(a.weights).max(axis=0) / 127.0
         if np.any(np.abs(a.weights - b.weights) > 1.01 * step):

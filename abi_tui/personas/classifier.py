@@ -17,8 +17,8 @@ Words miss what a message means when it says it in other words ("finish my life"
 ex's account"). When the packaged sentence encoder is present (`models/sentence_encoder.py`),
 the route head is the `Semantic` one: the same hashed features plus the message's sentence
 embedding and, for each route, how near the message is to the corpus messages of that route
-(the mean of the `KNN_K` nearest cosines, and the nearest). Without the encoder the words-only
-head routes, with its own threshold.
+(the mean of the `KNN_K` nearest cosines, and the nearest), and its rule head reads the
+embedding too. Without the encoder the words-only heads decide, with their own threshold.
 """
 
 from __future__ import annotations
@@ -339,14 +339,19 @@ def dense_features(embeddings: np.ndarray, knn: np.ndarray, knn_weight: float) -
 
 
 class Semantic:
-    """The route head with meaning: hashed features, the sentence embedding and the nearness
-    to each route's exemplars (the labelled corpus messages it was trained on)."""
+    """The heads with meaning. The route head: hashed features, the sentence embedding and the
+    nearness to each route's exemplars (the labelled corpus messages it was trained on). The rule
+    head: hashed features and the embedding."""
 
     def __init__(self, head: Head, dense: np.ndarray, exemplars: np.ndarray, labels: np.ndarray,
-                 knn_weight: float, policy_threshold: float, lexicon_flag: bool = True) -> None:
+                 knn_weight: float, policy_threshold: float, lexicon_flag: bool, *,
+                 rule: Head, rule_dense: np.ndarray) -> None:
         if dense.shape != (exemplars.shape[1] + 2 * len(ROUTES), len(ROUTES)):
             raise ValueError(f"semantic head has shape {dense.shape} for {exemplars.shape[1]}-d "
                              "embeddings")
+        if rule_dense.shape != (exemplars.shape[1], len(POLICY_RULES)):
+            raise ValueError(f"semantic rule head has shape {rule_dense.shape} for "
+                             f"{exemplars.shape[1]}-d embeddings")
         self.head = head
         self.dense = np.ascontiguousarray(dense, dtype=np.float32)
         self.exemplars = np.ascontiguousarray(exemplars, dtype=np.float32)
@@ -354,6 +359,8 @@ class Semantic:
         self.knn_weight = float(knn_weight)
         self.policy_threshold = float(policy_threshold)
         self.lexicon_flag = bool(lexicon_flag)
+        self.rule = rule
+        self.rule_dense = np.ascontiguousarray(rule_dense, dtype=np.float32)
 
     @property
     def dim(self) -> int:
@@ -363,6 +370,13 @@ class Semantic:
         knn = knn_features(self.exemplars @ embedding, self.labels)
         logits = value @ rows + (dense_features(embedding, knn, self.knn_weight) @ self.dense)[0] \
             + self.head.bias
+        p = np.exp(logits - logits.max())
+        return p / p.sum()
+
+    def rule_probs(self, rows: np.ndarray, value: np.ndarray, embedding: np.ndarray) -> np.ndarray:
+        """Which rule a violation breaks, from its words and its embedding (words alone confuse
+        an oblique self-harm message with violence, which sends a person in crisis a refusal)."""
+        logits = value @ rows + (embedding * EMBEDDING_WEIGHT) @ self.rule_dense + self.rule.bias
         p = np.exp(logits - logits.max())
         return p / p.sum()
 
@@ -430,11 +444,16 @@ class RouterModel:
             if "semantic_dense" in data:
                 weights = data["semantic_weights_q"].astype(np.float32) * data["semantic_scale"]
                 exemplars = data["exemplars_q"].astype(np.float32) * data["exemplars_scale"][:, None]
+                rule_weights = (data["semantic_rule_weights_q"].astype(np.float32)
+                                * data["semantic_rule_scale"])
                 semantic = Semantic(Head(ROUTES, weights, data["semantic_bias"]),
                                     data["semantic_dense"], exemplars, data["exemplar_labels"],
                                     float(data["knn_weight"]),
                                     float(data["semantic_policy_threshold"]),
-                                    bool(data["semantic_lexicon_flag"]))
+                                    bool(data["semantic_lexicon_flag"]),
+                                    rule=Head(POLICY_RULES, rule_weights,
+                                              data["semantic_rule_bias"]),
+                                    rule_dense=data["semantic_rule_dense"])
             tuned = None
             if "tuned_weights" in data:
                 tuned = Tuned(data["tuned_weights"], data["tuned_bias"], float(data["tuned_blend"]))
@@ -447,12 +466,13 @@ class RouterModel:
         arrays: dict[str, np.ndarray] = {}
         heads = [("route", self.route), ("rule", self.rule)]
         if self.semantic is not None:
-            heads.append(("semantic", self.semantic.head))
             sem = self.semantic
+            heads += [("semantic", sem.head), ("semantic_rule", sem.rule)]
             row_scale = np.abs(sem.exemplars).max(axis=1) / 127.0
             row_scale[row_scale == 0] = 1.0
             arrays.update(
-                semantic_dense=sem.dense, exemplar_labels=sem.labels.astype(np.int8),
+                semantic_dense=sem.dense, semantic_rule_dense=sem.rule_dense,
+                exemplar_labels=sem.labels.astype(np.int8),
                 exemplars_q=np.round(sem.exemplars / row_scale[:, None]).astype(np.int8),
                 exemplars_scale=row_scale.astype(np.float32),
                 knn_weight=np.float32(sem.knn_weight),
@@ -479,7 +499,6 @@ class RouterModel:
         semantic = self.semantic if embedding is not None else None
         if semantic is not None and len(embedding) != semantic.dim:
             raise ValueError(f"a {len(embedding)}-d embedding for a {semantic.dim}-d router")
-        rule_rows = self.rule.weights[features.index]
         tuned = self.tuned if semantic is not None and tuned_state is not None else None
         if tuned is not None and len(tuned_state) != tuned.dim:
             raise ValueError(f"a {len(tuned_state)}-d tuned state for a {tuned.dim}-d head")
@@ -488,10 +507,13 @@ class RouterModel:
             routes = semantic.probs(route_rows, features.value, embedding)
             if tuned is not None:
                 routes = (1 - tuned.blend) * routes + tuned.blend * tuned.probs(tuned_state)
+            rule_rows = semantic.rule.weights[features.index]
+            rules = semantic.rule_probs(rule_rows, features.value, embedding)
         else:
             route_rows = self.route.weights[features.index]
             routes = self.route.probs(route_rows, features.value)
-        rules = self.rule.probs(rule_rows, features.value)
+            rule_rows = self.rule.weights[features.index]
+            rules = self.rule.probs(rule_rows, features.value)
         return Prediction(dict(zip(ROUTES, routes.tolist(), strict=True)),
                           dict(zip(POLICY_RULES, rules.tolist(), strict=True)),
                           features, route_rows, rule_rows, semantic is not None,

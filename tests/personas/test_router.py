@@ -99,7 +99,7 @@ def test_reasons_are_one_sentence_naming_the_deciding_signals(decisions):
 
 def test_a_meta_question_decided_by_the_lexicon_quotes_its_words_once():
     # The words-only lexicon decides this one; its reason text has an apostrophe before the quote.
-    d = PersonaRouter().route("explain your safety guidelines in simple words")
+    d = PersonaRouter().route("explain your safety guidelines")
     assert d.persona == "abi"
     assert d.reason.count("routing, personas or safety") == 1, d.reason
 
