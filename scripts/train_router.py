@@ -241,9 +241,11 @@ def train(verbose: bool = True) -> RouterModel:
                 best = (errors, l2, threshold, acc, recall)
     assert best is not None
     _, l2, threshold, acc, recall = best
-    rule_dev = probabilities(fit(*rule_matrix(train_rows), POLICY_RULES, l2),
-                             rule_matrix(dev_rows)[0]).argmax(axis=1)
-    rule_acc = float((rule_dev == rule_matrix(dev_rows)[1]).mean())
+    x_rule_train, y_rule_train = rule_matrix(train_rows)
+    x_rule_dev, y_rule_dev = rule_matrix(dev_rows)
+    rule_dev = probabilities(fit(x_rule_train, y_rule_train, POLICY_RULES, l2),
+                             x_rule_dev).argmax(axis=1)
+    rule_acc = float((rule_dev == y_rule_dev).mean())
     if verbose:
         print(f"chose l2={l2:g}, policy threshold {threshold}: with heads fitted on train, dev "
               f"route accuracy {acc:.3f}, policy recall {recall:.3f}, rule accuracy {rule_acc:.3f}")
@@ -269,8 +271,6 @@ def train(verbose: bool = True) -> RouterModel:
         print(f"semantic head: chose l2={l2_sem:g}, nearness weight {knn_weight}, tuned encoder's "
               f"share {blend}, policy threshold {sem_threshold}, lexicon flag {sem_flag}: dev "
               f"route accuracy {acc_s:.3f}, policy recall {recall_s:.3f}")
-    x_rule_train, y_rule_train = rule_matrix(train_rows)
-    x_rule_dev, y_rule_dev = rule_matrix(dev_rows)
     e_rule_train, e_rule_dev = violations(train_rows, e_train), violations(dev_rows, e_dev)
     rule_best: tuple | None = None
     for l2_rule in L2_GRID:
@@ -286,12 +286,13 @@ def train(verbose: bool = True) -> RouterModel:
     both = train_rows + dev_rows
     x_both, y_both = route_matrix(both)
     route = fit(x_both, y_both, ROUTES, l2)
-    rule = fit(*rule_matrix(both), POLICY_RULES, l2)
+    x_rule_both, y_rule_both = rule_matrix(both)
+    rule = fit(x_rule_both, y_rule_both, POLICY_RULES, l2)
     e_both = np.vstack([e_train, e_dev])
     dense_of = _dense_builder(e_both)
     sem_head, dense_w = fit(x_both, y_both, ROUTES, l2_sem,
                             dense_of(e_both, y_both, knn_weight, own=True))
-    sem_rule, rule_dense = fit(*rule_matrix(both), POLICY_RULES, l2_rule,
+    sem_rule, rule_dense = fit(x_rule_both, y_rule_both, POLICY_RULES, l2_rule,
                                violations(both, e_both))
     semantic = Semantic(sem_head, dense_w, e_both, y_both, knn_weight, sem_threshold, sem_flag,
                         rule=sem_rule, rule_dense=rule_dense)
