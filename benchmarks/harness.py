@@ -94,24 +94,29 @@ def wait_ready(url: str, process: subprocess.Popen, path: str = "/health", timeo
 
 @contextmanager
 def abi_server(model: Path, *, threads: int, flash_attn: bool | None = None, parallel: int = 4, n_ctx: int = 2048,
-               extra: tuple[str, ...] = ()):
-    """`abi dash --serve` in its own process; flash_attn None keeps abi's default (auto)."""
+               extra: tuple[str, ...] = (), source: Path | None = None):
+    """`abi dash --serve` in its own process; flash_attn None keeps abi's default (auto). `source`:
+    a directory holding another `abi_tui` package to run instead of this checkout's."""
     port = free_port()
     if flash_attn is not None:
         extra = ("--flash-attn", "on" if flash_attn else "off", *extra)
     home = tempfile.mkdtemp(prefix="abi-bench-")
     command = [sys.executable, "-m", "abi_tui.cli", "dash", "--serve", "--port", str(port), "--model", str(model),
                "--threads", str(threads), "--parallel", str(parallel), "--n-ctx", str(n_ctx), *extra]
-    with serving(command, port, env={**os.environ, "ABI_HOME": home}) as url:
+    env = {**os.environ, "ABI_HOME": home}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+    with serving(command, port, env=env, cwd=source or REPO) as url:
         yield url
 
 
 @contextmanager
-def serving(command: list[str], port: int, ready_path: str = "/health", env: dict[str, str] | None = None):
+def serving(command: list[str], port: int, ready_path: str = "/health", env: dict[str, str] | None = None,
+            cwd: Path = REPO):
     """Run a server command that listens on `port`; yield its URL once `ready_path` answers.
     Its log goes to a file, not a pipe: a pipe nobody reads fills up and stalls the server."""
     with tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False) as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=REPO)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, path=ready_path, log=Path(log.name))

@@ -230,6 +230,8 @@ class TokenChannel:
         # (a token every few ms) wake it at once, so their latency is untouched.
         self.coalesce_s = coalesce_s
         self._last_wake = 0.0
+        self._quiet_since: float | None = None  # the last wake-up or heartbeat (wait's timeout)
+        self._quiet_timer: asyncio.TimerHandle | None = None
         self._pieces: deque[str] = deque()
         self._waiter: asyncio.Future | None = None  # the consumer's, while it waits
         self._wake_pending = False
@@ -317,7 +319,7 @@ class TokenChannel:
 
     def _wake(self) -> None:
         self._wake_pending = False
-        self._last_wake = time.perf_counter()
+        self._last_wake = self._quiet_since = time.perf_counter()
         self._release(True)
 
     def _release(self, ready: bool) -> None:
@@ -332,6 +334,9 @@ class TokenChannel:
             finish_reason, error = None, ClientTooSlow(
                 f"the client fell {self.limit} pieces behind the generation; the stream was stopped")
         self.finish_reason, self.error, self.closed = finish_reason, error, True
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
         if self._space is not None:
             self._space.set()
         self._release(True)
@@ -343,19 +348,38 @@ class TokenChannel:
 
     # consumer side (the event loop) --------------------------------------------------------
     async def wait(self, timeout: float | None = None) -> bool:
-        """Wait until pieces are ready or the channel closed; False on timeout."""
+        """Wait until pieces are ready or the channel closed; False once nothing has arrived for
+        `timeout` seconds (since the last wake-up, the last False, or the first wait)."""
         if self._pieces or self.closed:
             return True
-        # One future and one timer per wake-up: asyncio.wait_for would wrap a task around an
-        # Event per token, several times the cost on the token path.
+        # One future per wake-up, and one timer per `timeout` period rather than per wait: a
+        # timer armed and cancelled for every token was a sixth of the loop's CPU per token.
         waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(timeout, self._release, False) if timeout is not None else None
+        if timeout is not None and self._quiet_timer is None:
+            if self._quiet_since is None:
+                self._quiet_since = time.perf_counter()
+            self._arm_quiet(timeout)
         try:
             return await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    def _arm_quiet(self, timeout: float) -> None:
+        assert self._quiet_since is not None
+        delay = self._quiet_since + timeout - time.perf_counter()
+        self._quiet_timer = self._loop.call_later(max(0.0, delay), self._quiet, timeout)
+
+    def _quiet(self, timeout: float) -> None:
+        self._quiet_timer = None
+        waiter = self._waiter
+        if self.closed or waiter is None or waiter.done():
+            return  # the consumer is busy: its next wait arms the timer again
+        assert self._quiet_since is not None
+        if time.perf_counter() - self._quiet_since < timeout:
+            self._arm_quiet(timeout)  # something arrived since the timer was armed
+            return
+        self._quiet_since = time.perf_counter()
+        waiter.set_result(False)
 
     def drain(self) -> list[str]:
         pieces = []

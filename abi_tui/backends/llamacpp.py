@@ -42,7 +42,6 @@ from abi_tui.backends.base import (
 from abi_tui.backends.chat_templates import TEMPLATES, TURN_ENDS, fallback_format
 from abi_tui.backends.compute import COMPUTE
 from abi_tui.backends.grammar import schema_grammar, tool_call_grammar
-from abi_tui.models.llama_log import LLAMA_LOG, MemoryReport
 from abi_tui.backends.saved_prefixes import SavedPrefix, SavedPrefixes, common_prefix
 from abi_tui.backends.text import StopMatcher
 from abi_tui.backends.tool_calls import template_handles_tools
@@ -54,6 +53,7 @@ from abi_tui.errors import (
     Unavailable,
 )
 from abi_tui.models.gguf_header import read_header
+from abi_tui.models.llama_log import LLAMA_LOG, MemoryReport
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 HEARTBEAT_FRAME = b": heartbeat\n\n"
@@ -31,6 +32,8 @@ MAX_LINE_BYTES = 8 * 1024 * 1024  # a provider's usage or error line may be long
 
 # ------------------------------------------------------------------------------------ writing
 def dumps(data: Any) -> str:
+    if type(data) is str:  # every streamed token: the C escaper json.dumps ends in, minus its set-up
+        return encode_basestring(data)
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -20,7 +20,7 @@ from abi_tui.errors import AbiError, InvalidRequest, Unavailable
 from abi_tui.server.persona_chat import PersonaService
 from abi_tui.server.sse import DONE_FRAME, open_sse, sse_frame
 from abi_tui.server.state import state_of
-from abi_tui.server.streaming import ClientStalled, write_timeout_seconds, write_within
+from abi_tui.server.streaming import ClientStalled, write_deadline
 
 
 class MemoryItemNotFound(AbiError):
@@ -122,25 +122,23 @@ async def reembed(request: web.Request) -> web.StreamResponse:
 
     work = asyncio.ensure_future(asyncio.to_thread(memory.sync_vectors, progress))
     response = await open_sse(request)
-    timeout = write_timeout_seconds(request)
+    deadline = write_deadline(request)
     try:
         while not (work.done() and queue.empty()):
             getter = asyncio.ensure_future(queue.get())
             await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
             if getter.done():
                 done, total = getter.result()
-                await write_within(response, sse_frame({"done": done, "total": total}, event="progress"),
-                                   timeout)
+                await deadline.write(response, sse_frame({"done": done, "total": total}, event="progress"))
             else:
                 getter.cancel()
         try:
             added = work.result()
-            await write_within(response, sse_frame({"added": added, "model": memory.model}, event="done"),
-                               timeout)
+            await deadline.write(response, sse_frame({"added": added, "model": memory.model}, event="done"))
         except Exception as exc:  # the store or the model failed: say so in the stream
             error = exc if isinstance(exc, AbiError) else MemoryFailed(str(exc))
-            await write_within(response, sse_frame(error.to_dict(), event="error"), timeout)
-        await write_within(response, DONE_FRAME, timeout)
+            await deadline.write(response, sse_frame(error.to_dict(), event="error"))
+        await deadline.write(response, DONE_FRAME)
     except (ClientStalled, ConnectionResetError):
         pass  # the client left; the work finishes on its own (it is idempotent)
     finally:

@@ -27,8 +27,7 @@ from abi_tui.server.streaming import (
     ClientStalled,
     drop_connection,
     heartbeat_seconds,
-    write_timeout_seconds,
-    write_within,
+    write_deadline,
 )
 
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -110,7 +109,7 @@ async def _stream_progress(request: web.Request, handle: DownloadHandle) -> web.
     follow it, or cancel it through /api/models/downloads/{id}/cancel)."""
     response = await open_sse(request, headers={"X-Download-Id": handle.id})
     heartbeat = heartbeat_seconds(request)
-    timeout = write_timeout_seconds(request)
+    deadline = write_deadline(request)
     queue: asyncio.Queue[DownloadProgress] = asyncio.Queue()
 
     async def pump() -> None:
@@ -123,21 +122,21 @@ async def _stream_progress(request: web.Request, handle: DownloadHandle) -> web.
             try:
                 event = await asyncio.wait_for(queue.get(), heartbeat)
             except TimeoutError:
-                await write_within(response, HEARTBEAT_FRAME, timeout)
+                await deadline.write(response, HEARTBEAT_FRAME)
                 continue
             data = {"id": handle.id, **event.to_dict()}
             if not event.state.terminal:
-                await write_within(response, sse_frame(data, event="progress"), timeout)
+                await deadline.write(response, sse_frame(data, event="progress"))
                 continue
             model, error = await handle.outcome()
             if model is not None:
-                await write_within(response, sse_frame({**data, "model": model.to_dict()}, event="done"), timeout)
+                await deadline.write(response, sse_frame({**data, "model": model.to_dict()}, event="done"))
             else:
                 payload = error.to_dict() if isinstance(error, AbiError) else {
                     "error": {"message": event.error or event.message or event.state.value, "type": "server_error",
                               "param": None, "code": event.error_code or event.state.value}}
-                await write_within(response, sse_frame(payload, event="error"), timeout)
-            await write_within(response, DONE_FRAME, timeout)
+                await deadline.write(response, sse_frame(payload, event="error"))
+            await deadline.write(response, DONE_FRAME)
             break
     except ClientStalled:
         await drop_connection(request, response)  # stopped reading; the download carries on

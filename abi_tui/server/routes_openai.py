@@ -20,7 +20,13 @@ from abi_tui.backends.base import GenerationRequest
 from abi_tui.backends.engine import Stream
 from abi_tui.backends.tool_calls import ToolCallParser, split_answer
 from abi_tui.errors import AbiError, InvalidRequest
-from abi_tui.server.parse import chat_request, completion_request, embedding_texts, read_json, stream_flags
+from abi_tui.server.parse import (
+    chat_request,
+    completion_request,
+    embedding_texts,
+    read_json,
+    stream_flags,
+)
 from abi_tui.server.routes_stream import open_stream_for
 from abi_tui.server.sse import DONE_FRAME, dumps, open_sse, sse_frame
 from abi_tui.server.state import state_of
@@ -28,8 +34,7 @@ from abi_tui.server.streaming import (
     ClientStalled,
     collect,
     pump_sse,
-    write_timeout_seconds,
-    write_within,
+    write_deadline,
 )
 
 MOCK_IDS = ("mock/constant_rate", "mock/variable_rate", "mock/burst", "mock/warmup")
@@ -275,7 +280,7 @@ async def pump_choices(request: web.Request, streams: list[Stream], encoders: li
     if len(streams) == 1:
         encoders[0].include_usage = include_usage
         return await pump_sse(request, streams[0], encoders[0])
-    timeout = write_timeout_seconds(request)
+    deadline = write_deadline(request)
     queue: asyncio.Queue = asyncio.Queue()
 
     async def drain(i: int) -> None:
@@ -290,23 +295,23 @@ async def pump_choices(request: web.Request, streams: list[Stream], encoders: li
     response = web.StreamResponse()
     try:
         response = await open_sse(request, headers={"X-Request-Id": streams[0].request.request_id})
-        await write_within(response, b"".join(e.start(s) for e, s in zip(encoders, streams)), timeout)
+        await deadline.write(response, b"".join(e.start(s) for e, s in zip(encoders, streams)))
         running = len(streams)
         while running:
             i, pieces = await queue.get()
             if pieces is None:
                 running -= 1
                 continue
-            await write_within(response, encoders[i].tokens(streams[i], pieces), timeout)
+            await deadline.write(response, encoders[i].tokens(streams[i], pieces))
         failed = next((s.error for s in streams if s.error is not None), None)
         if failed is not None:
-            await write_within(response, encoders[0].error(streams[0], failed), timeout)
+            await deadline.write(response, encoders[0].error(streams[0], failed))
         else:
             tail = b"".join(e.finish(s) for e, s in zip(encoders, streams))
             if include_usage:
                 tail += encoders[0]._frame(streams[0], {}, usage=total_usage(streams))
-            await write_within(response, tail + DONE_FRAME, timeout)
-        await write_within(response, None, timeout)
+            await deadline.write(response, tail + DONE_FRAME)
+        await deadline.write(response, None)
     except (ClientStalled, ConnectionError):
         pass  # the client is gone or stalled: the streams are cancelled below
     finally:

@@ -15,8 +15,7 @@ from abi_tui.server.streaming import (
     ClientStalled,
     drop_connection,
     heartbeat_seconds,
-    write_timeout_seconds,
-    write_within,
+    write_deadline,
 )
 
 
@@ -58,20 +57,20 @@ async def events(request: web.Request) -> web.StreamResponse:
     queue = bus.subscribe()
     response = await open_sse(request)
     heartbeat = heartbeat_seconds(request)
-    timeout = write_timeout_seconds(request)
+    deadline = write_deadline(request)
     try:
         since = request.query.get("since")
         if since is not None:
             for event in list(bus.history):
                 if since == "all" or (since.isdigit() and event["id"] > int(since)):
-                    await write_within(response, sse_frame(event, event=event["type"], event_id=event["id"]), timeout)
+                    await deadline.write(response, sse_frame(event, event=event["type"], event_id=event["id"]))
         hello = {"type": "hello", "data": {"version": state.version, "instance": bus.instance}}
-        await write_within(response, sse_frame(hello, event="hello"), timeout)
+        await deadline.write(response, sse_frame(hello, event="hello"))
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), heartbeat)
             except TimeoutError:
-                await write_within(response, HEARTBEAT_FRAME, timeout)
+                await deadline.write(response, HEARTBEAT_FRAME)
                 continue
             if event is CLOSED:
                 break
@@ -81,8 +80,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 if extra is CLOSED:
                     break
                 batch.append(extra)
-            await write_within(response, b"".join(sse_frame(e, event=e["type"], event_id=e["id"]) for e in batch),
-                               timeout)
+            await deadline.write(response, b"".join(sse_frame(e, event=e["type"], event_id=e["id"]) for e in batch))
     except ClientStalled:
         await drop_connection(request, response)  # a subscriber that stopped reading
     except (ConnectionResetError, ConnectionError):

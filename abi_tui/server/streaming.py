@@ -48,23 +48,67 @@ def heartbeat_seconds(request: web.Request) -> float | None:
     return ms / 1000 if ms > 0 else None
 
 
+class WriteDeadline:
+    """The write timeout of one response: a write still waiting `timeout` seconds after it began
+    raises ClientStalled in the task that made it.
+
+    One timer per response, fired at most once per `timeout` seconds and re-armed for the write
+    pending then (or the next one), rather than a timer per write: `asyncio.timeout()` around
+    each token's write was a sixth of the event loop's CPU per streamed token. The timer stops
+    by itself once the task has ended; `close()` stops it sooner."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._since: float | None = None  # loop time the pending write began
+        self._cancelling = 0
+        self._expired = False
+        self._timer = None if timeout is None else self._loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        assert self.timeout is not None and self._task is not None
+        self._timer = None
+        if self._task.done():
+            return
+        now = self._loop.time()
+        if self._since is not None and now - self._since >= self.timeout:
+            self._expired = True
+            self._task.cancel()
+            return
+        self._timer = self._loop.call_at((now if self._since is None else self._since) + self.timeout, self._check)
+
+    async def write(self, response: web.StreamResponse, data: bytes | None) -> None:
+        """`response.write(data)` (or, for None, `write_eof`) within the deadline."""
+        if self._expired:
+            raise ClientStalled(f"the client accepted no data for {self.timeout:g} s")
+        self._since = self._loop.time()
+        if self._task is not None:
+            self._cancelling = self._task.cancelling()
+        try:
+            await (response.write_eof() if data is None else response.write(data))
+        except asyncio.CancelledError:
+            # as asyncio.timeout(): our cancel becomes ClientStalled, anyone else's stays a cancel
+            if self._expired and self._task is not None and self._task.uncancel() <= self._cancelling:
+                raise ClientStalled(f"the client accepted no data for {self.timeout:g} s") from None
+            raise
+        finally:
+            self._since = None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 def write_timeout_seconds(request: web.Request) -> float | None:
     seconds = state_of(request).settings.server.write_timeout_s
     return seconds if seconds and seconds > 0 else None
 
 
-async def write_within(response: web.StreamResponse, data: bytes | None, timeout: float | None) -> None:
-    """`response.write` (or, for None, `write_eof`) with a deadline; raises ClientStalled when
-    the client does not read."""
-    write = response.write_eof() if data is None else response.write(data)
-    if timeout is None:
-        await write
-        return
-    try:
-        async with asyncio.timeout(timeout):
-            await write
-    except TimeoutError:
-        raise ClientStalled(f"the client accepted no data for {timeout:g} s") from None
+def write_deadline(request: web.Request) -> WriteDeadline:
+    """The deadline for a streamed response's writes, for the task that writes it."""
+    return WriteDeadline(write_timeout_seconds(request))
 
 
 async def drop_connection(request: web.Request, response: web.StreamResponse, last: bytes = b"") -> None:
@@ -98,23 +142,23 @@ async def pump(request: web.Request, stream: Stream, encoder: StreamEncoder,
     """Write a stream through `encoder` into the response `open_response` prepares, within the
     write timeout; a stalled or vanished client cancels the generation and frees its slot.
     `heartbeat` None sends none (NDJSON has no line a client would skip)."""
-    timeout = write_timeout_seconds(request)
+    deadline = write_deadline(request)
     response: web.StreamResponse | None = None
     try:
         # Inside the try: a client gone before the headers go out must still free its slot.
         response = await open_response()
         if opening := encoder.start(stream):
-            await write_within(response, opening, timeout)
+            await deadline.write(response, opening)
         async for item in stream.events(heartbeat):
             if item is HEARTBEAT:
-                await write_within(response, HEARTBEAT_FRAME, timeout)
+                await deadline.write(response, HEARTBEAT_FRAME)
             else:
-                await write_within(response, encoder.tokens(stream, item), timeout)
+                await deadline.write(response, encoder.tokens(stream, item))
         if stream.error is not None:
-            await write_within(response, encoder.error(stream, stream.error), timeout)
+            await deadline.write(response, encoder.error(stream, stream.error))
         else:
-            await write_within(response, encoder.end(stream), timeout)
-        await write_within(response, None, timeout)
+            await deadline.write(response, encoder.end(stream))
+        await deadline.write(response, None)
     except ClientStalled as stalled:
         stream.cancel()
         log.warning("dropped stream %s: %s", stream.request.request_id, stalled)
@@ -124,6 +168,7 @@ async def pump(request: web.Request, stream: Stream, encoder: StreamEncoder,
         if response is None:
             raise  # nothing was sent: the error middleware answers (the client is gone anyway)
     finally:
+        deadline.close()
         if not stream.channel.closed:
             stream.cancel()
     return response
