@@ -315,6 +315,7 @@ async def pump_choices(request: web.Request, streams: list[Stream], encoders: li
     except (ClientStalled, ConnectionError):
         pass  # the client is gone or stalled: the streams are cancelled below
     finally:
+        deadline.close()
         for task in tasks:
             task.cancel()
         for stream in streams:
