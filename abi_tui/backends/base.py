@@ -353,7 +353,8 @@ class TokenChannel:
         if self._pieces or self.closed:
             return True
         # One future per wake-up, and one timer per `timeout` period rather than per wait: a
-        # timer armed and cancelled for every token was a sixth of the loop's CPU per token.
+        # timer armed and cancelled for every token is a cost on the loop's token path, which
+        # on two cores comes out of the decode (benchmarks/loop_cpu.py, server/streaming.py).
         waiter = self._waiter = self._loop.create_future()
         if timeout is not None and self._quiet_timer is None:
             if self._quiet_since is None:

@@ -54,8 +54,9 @@ class WriteDeadline:
 
     One timer per response, fired at most once per `timeout` seconds and re-armed for the write
     pending then (or the next one), rather than a timer per write: `asyncio.timeout()` around
-    each token's write was a sixth of the event loop's CPU per streamed token. The timer stops
-    by itself once the task has ended; `close()` stops it sooner."""
+    each token's write and a heartbeat timer per wait (see `TokenChannel.wait`) were most of the
+    15-25% of the event loop's CPU per streamed token that `benchmarks/loop_cpu.py` measured
+    without them. The timer stops by itself once the task has ended; `close()` stops it sooner."""
 
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout
