@@ -82,7 +82,7 @@ class WriteDeadline:
     async def write(self, response: web.StreamResponse, data: bytes | None) -> None:
         """`response.write(data)` (or, for None, `write_eof`) within the deadline."""
         if self._expired:
-            raise ClientStalled(f"the client accepted no data for {self.timeout:g} s")
+            raise self._stalled()
         self._since = self._loop.time()
         if self._task is not None:
             self._cancelling = self._task.cancelling()
@@ -91,10 +91,13 @@ class WriteDeadline:
         except asyncio.CancelledError:
             # as asyncio.timeout(): our cancel becomes ClientStalled, anyone else's stays a cancel
             if self._expired and self._task is not None and self._task.uncancel() <= self._cancelling:
-                raise ClientStalled(f"the client accepted no data for {self.timeout:g} s") from None
+                raise self._stalled() from None
             raise
         finally:
             self._since = None
+
+    def _stalled(self) -> ClientStalled:
+        return ClientStalled(f"the client accepted no data for {self.timeout:g} s")
 
     def close(self) -> None:
         if self._timer is not None:
