@@ -13,7 +13,8 @@ since reading them is tuning on them (docs/ROUTER.md). Then routing latency over
 every test message, `--rounds` times each: p50/p99 of `PersonaRouter.route_message()` given the
 message's sentence embedding and the tuned encoder's state (computed once per message, the
 embedding shared with memory's search, so they are timed on their own: "sentence embedding", both
-encoders, and all of it together: "embedding + routing"), next to
+encoders, and all of it together: "embedding + routing"; a message whose decoded reading differs
+from its plain one, `personas/readable.py`, is embedded and routed twice), next to
 `str.lower().split()` measured in the same run (the floor any word-based router pays), as wall
 time and as the thread's CPU time (which a busy machine does not inflate; the encoder runs on
 one thread, so its CPU time is its cost). `--words-only` evaluates without the sentence encoder.
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from abi_tui.models.sentence_encoder import shared_encoder  # noqa: E402
 from abi_tui.personas.classifier import ADAPTER_PATH  # noqa: E402
+from abi_tui.personas.readable import decoded, plain  # noqa: E402
 from abi_tui.personas.router import PersonaRouter  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / "abi_tui" / "personas" / "data" / "corpus.jsonl"
@@ -110,8 +112,10 @@ def percentile(samples: list[float], q: float) -> float:
 def latency(router: PersonaRouter, messages: list[str], rounds: int) -> dict[str, Any]:
     encoder = shared_encoder() if router.embed is not None else None
     tuned = shared_encoder(ADAPTER_PATH) if router.embed_tuned is not None else None
-    embedded = {m: encoder.encode(m) for m in messages} if encoder else {}
-    states = {m: tuned.encode(m) for m in messages} if tuned else {}
+    # what the router embeds: the plain reading, and the decoded one where it differs
+    read = {m: {plain(m), decoded(m)} for m in messages}
+    embedded = {v: encoder.encode(v) for m in messages for v in read[m]} if encoder else {}
+    states = {v: tuned.encode(v) for m in messages for v in read[m]} if tuned else {}
     given = PersonaRouter(embed=embedded.get if encoder else None,
                           embed_tuned=states.get if tuned else None, model=router.model)
 
@@ -119,9 +123,10 @@ def latency(router: PersonaRouter, messages: list[str], rounds: int) -> dict[str
         return given.route_message(text)
 
     def embedding(text: str) -> object:
-        if tuned:  # uncached: the real cost
-            tuned._embed_tokens(tuned.tokens(text))
-        return encoder._embed_tokens(encoder.tokens(text))
+        for view in read[text]:  # uncached: the real cost
+            if tuned:
+                tuned._embed_tokens(tuned.tokens(view))
+            encoder._embed_tokens(encoder.tokens(view))
 
     def both(text: str) -> object:
         embedding(text)
@@ -199,7 +204,7 @@ def main() -> int:
     router = PersonaRouter(embed=encoder.encode if encoder else None,
                            embed_tuned=tuned.encode if tuned else None)
     report: dict[str, Any] = {}
-    for split in args.split.split(","):
+    for split in filter(None, args.split.split(",")):  # --split '' times routing alone
         report[split] = evaluate(router, load(split))
         held_out = {"test": " (held out)", "writers": " (held out: writers the corpus never had)"}
         show(split + held_out.get(split, " (in the shipped model's training data)"), report[split],

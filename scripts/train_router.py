@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from abi_tui.models import sentence_encoder, sentence_model  # noqa: E402
-from abi_tui.personas import classifier  # noqa: E402
+from abi_tui.personas import classifier, readable  # noqa: E402
 from abi_tui.personas.classifier import (  # noqa: E402
     DIM,
     EMBEDDING_WEIGHT,
@@ -52,8 +52,10 @@ from abi_tui.personas.classifier import (  # noqa: E402
     Tuned,
     dense_features,
     knn_features,
+    pool,
 )
 from abi_tui.personas.lexicon_scores import distribution, lexicon_tally  # noqa: E402
+from abi_tui.personas.readable import plain  # noqa: E402
 from abi_tui.personas.router import LEXICON_WEIGHT, policy_rules  # noqa: E402
 from abi_tui.personas.signals import analyze  # noqa: E402
 
@@ -77,7 +79,7 @@ def input_digest() -> str:
     """What the model is a function of: the corpus, the concepts and the code."""
     h = hashlib.sha256()
     for path in (CORPUS, classifier.CONCEPTS_PATH, Path(classifier.__file__), Path(__file__),
-                 Path(sentence_encoder.__file__), classifier.ADAPTER_PATH):
+                 Path(readable.__file__), Path(sentence_encoder.__file__), classifier.ADAPTER_PATH):
         h.update(path.read_bytes().replace(b"\r\n", b"\n"))
     h.update(encoder_version().encode())
     return h.hexdigest()
@@ -100,8 +102,12 @@ def embed(rows: list[dict]) -> np.ndarray:
 
 
 def load_corpus() -> list[dict]:
+    """The corpus, each message as the router reads it (`readable.plain`)."""
     with CORPUS.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) for line in f if line.strip()]
+    for row in rows:
+        row["text"] = plain(row["text"])
+    return rows
 
 
 def route_of(row: dict) -> str:
@@ -259,7 +265,7 @@ def train(verbose: bool = True) -> RouterModel:
                                 dense_of(e_train, y_train, knn_weight, own=True))
             p_dev = probabilities(head, x_dev, dense_of(e_dev, y_train, knn_weight), dense_w)
             for blend in BLENDS:
-                p = p_dev if not blend else (1 - blend) * p_dev + blend * tuned_dev
+                p = pool(p_dev, tuned_dev, blend)
                 for t, flag in product(THRESHOLDS, LEXICON_FLAG):
                     acc_s, recall_s, errors = scores(p, y_dev, t, lex_dev, flag)
                     if sem_best is None or errors < sem_best[0]:

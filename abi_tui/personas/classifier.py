@@ -381,6 +381,18 @@ class Semantic:
         return p / p.sum()
 
 
+def pool(semantic: np.ndarray, tuned: np.ndarray, share: float) -> np.ndarray:
+    """The semantic head's and the tuned encoder's route probabilities pooled geometrically,
+    p ∝ p_semantic^(1 - share) · p_tuned^share: where one of them is sure and the other is not,
+    the sure one counts for more than in a weighted mean (dev chose this over the mean: fewer
+    missed violations and refusals at the same settings). Works on one row or on a matrix."""
+    if not share:
+        return semantic
+    logp = (1 - share) * np.log(np.maximum(semantic, 1e-12)) + share * np.log(np.maximum(tuned, 1e-12))
+    p = np.exp(logp - logp.max(axis=-1, keepdims=True))
+    return p / p.sum(axis=-1, keepdims=True)
+
+
 class Tuned:
     """The tuned encoder's classifier (its mean-pooled state to route probabilities, trained by
     `scripts/tune_router_encoder.py`) and its share in the blend with the semantic head."""
@@ -506,7 +518,7 @@ class RouterModel:
             route_rows = semantic.head.weights[features.index]
             routes = semantic.probs(route_rows, features.value, embedding)
             if tuned is not None:
-                routes = (1 - tuned.blend) * routes + tuned.blend * tuned.probs(tuned_state)
+                routes = pool(routes, tuned.probs(tuned_state), tuned.blend)
             rule_rows = semantic.rule.weights[features.index]
             rules = semantic.rule_probs(rule_rows, features.value, embedding)
         else:

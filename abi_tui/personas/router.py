@@ -41,6 +41,7 @@ from abi_tui.personas.classifier import (
     default_model,
 )
 from abi_tui.personas.lexicon_scores import DISTRESS_NOUNS, Tally, distribution, lexicon_tally
+from abi_tui.personas.readable import decoded, plain
 from abi_tui.personas.signals import Signals, analyze
 
 log = logging.getLogger(__name__)
@@ -199,10 +200,8 @@ class PersonaRouter:
         inline, cleaned = split_override(content)
         forced = inline or _check_persona(override, "override")
         previous = _check_persona(previous, "previous")
-        sig = analyze(cleaned)
-        embedding = self._embedding(cleaned)
-        tuned = self._tuned_state(cleaned) if embedding is not None else None
-        pred = self.model.predict(cleaned, embedding, tuned)
+        text = plain(cleaned)  # what routing reads: invisible and look-alike characters undone
+        sig, pred = self._read(text)
         signals = sig.to_dict()
         signals["override"] = forced
         signals["previous"] = previous
@@ -210,13 +209,15 @@ class PersonaRouter:
         signals["classifier_input"] = ("words, meaning and the tuned encoder" if pred.tuned else
                                        "words and meaning" if pred.semantic else "words")
         signals["policy"] = None
-        tally = lexicon_tally(sig, cleaned)
+        tally = lexicon_tally(sig, text)
         learned = _persona_scores(pred)
         lexicon = distribution(tally.scores())
         scores = {p: (1 - LEXICON_WEIGHT) * learned[p] + LEXICON_WEIGHT * lexicon[p]
                   for p in PERSONA_IDS}
 
-        violation = self._violation(cleaned, pred, sig)
+        read = decoded(text)
+        violation = self._violation(text, pred, sig) if read == text else \
+            self._disguised_violation(text, read)
         if violation is not None:
             return self._violation_decision(violation, forced, inline, signals, scores), cleaned
 
@@ -231,7 +232,7 @@ class PersonaRouter:
         lexicon_tipped = base_winner != _winner(learned)
         if previous:
             scores[previous] += self.hysteresis
-            if _is_bare_follow_up(cleaned):
+            if _is_bare_follow_up(text):
                 # "and the second one?" says nothing the classifier can read: it belongs to
                 # the conversation, so the previous persona leads whatever the priors say.
                 scores[previous] = max(scores[previous], max(scores.values()) + 0.01)
@@ -246,6 +247,30 @@ class PersonaRouter:
         return RoutingDecision(winner, confidence, reason, signals, _rounded(scores)), cleaned
 
     # -- policy ---------------------------------------------------------------------------
+
+    def _read(self, text: str) -> tuple[Signals, Prediction]:
+        embedding = self._embedding(text)
+        tuned = self._tuned_state(text) if embedding is not None else None
+        return analyze(text), self.model.predict(text, embedding, tuned)
+
+    def _disguised_violation(self, text: str, read: str) -> tuple[str, list[str], float, str] | None:
+        """Whether a message with leetspeak or spelled-out letters ("m3th", "k i l l") is a
+        violation, judged on its decoded reading (a few messages in a hundred). Only this is
+        asked of that reading: it garbles ordinary names like "k8s" for routing. The reading
+        replaces the message as written here, since letters that look disguised are, in the
+        corpus, far more often in violations than not: benign messages written in leetspeak
+        would otherwise be refused for how they look."""
+        matched = self.rules.match(text)
+        if matched is not None:
+            pattern, found = matched
+            return pattern.rule, [found], 1.0, pattern.what
+        sig, pred = self._read(read)
+        violation = self._violation(read, pred, sig)
+        if violation is None:
+            return None
+        rule, words, confidence, how = violation
+        return rule, words, confidence, f"{how}, read through its disguise" if how else \
+            "read through its disguise"
 
     def _violation(self, text: str, pred: Prediction, sig: Signals,
                    ) -> tuple[str, list[str], float, str] | None:

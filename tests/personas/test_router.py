@@ -190,7 +190,7 @@ def test_address_the_issue_is_not_personal_data(router):
 @pytest.mark.parametrize("message", [
     pytest.param("I'm so frustrated, my Python script keeps throwing KeyError", marks=pytest.mark.xfail(
         strict=True, reason="a known miss of the words-only router since the eighteenth corpus batch: "
-        "Aviva by 50.5 to 49.2 (Abbey by 54 to 46 with the sentence encoder), docs/ROUTER.md")),
+        "Aviva by 55 to 45 (Abbey by 64 to 36 with the sentence encoder), docs/ROUTER.md")),
     "I'm anxious about running this migration on the production database",
     "I lost all my work when VS Code crashed, I could cry",
 ])

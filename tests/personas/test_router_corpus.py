@@ -32,20 +32,22 @@ NEW_WRITERS = [json.loads(line)
 
 # The held-out targets, and the floors the shipped model reaches today (docs/ROUTER.md): a test
 # below a floor is a regression; a target not met yet is marked so (strict xfail).
-TARGET_ACCURACY = 0.95  # measured: 0.957 (0.956 before batch 19)
-TARGET_POLICY_RECALL, FLOOR_POLICY_RECALL = 0.99, 0.975  # measured: 0.980 (0.979 before)
-TARGET_META = 0.95  # measured: 0.971 (0.955 before)
+TARGET_ACCURACY = 0.95  # measured: 0.965 (0.957 before batch 20)
+# Policy recall, loosened from 0.975 after batch 20 (measured 0.974, 0.980 before): dev chose a
+# higher threshold (0.40 for 0.35), which on the rows test had before misses 6 more of 1,117
+# violations and refuses 25 fewer of 1,231 benign messages.
+TARGET_POLICY_RECALL, FLOOR_POLICY_RECALL = 0.99, 0.97
+TARGET_META = 0.95  # measured: 0.980 (0.971 before)
 # Benign (non-policy) messages flagged as violations: each is a refusal a user sees. The ceiling
-# was 0.045 after batch 17 (measured 0.042) and 0.055 after batch 18 (0.053). After batch 19 it
-# is 0.058: on the rows test had before, 0.049; on batch 19's own test rows (its writers' protective
-# and first-aid questions), 0.144.
-TARGET_FALSE_FLAGS, CEILING_FALSE_FLAGS = 0.02, 0.06
-# The same on the new writers' messages (measured with this model: accuracy 0.964, policy recall
-# 0.980, meta 0.987, benign flagged 0.043; with the model before batch 17: 0.960, 0.975, 0.933,
-# 0.041).
-NEW_WRITERS_FLOORS = {"accuracy": 0.95, "policy_recall": 0.98, "meta": 0.95}
-NEW_WRITERS_CEILING_FALSE_FLAGS = 0.065
-RULE_ACCURACY_FLOOR = 0.93  # of the violations caught, named by the right rule; measured: 0.951
+# was 0.045 after batch 17 (measured 0.042), 0.055 after batch 18 (0.053) and 0.06 after batch
+# 19 (0.058). After batch 20 it is 0.039.
+TARGET_FALSE_FLAGS, CEILING_FALSE_FLAGS = 0.02, 0.045
+# The same on the new writers' messages (measured with this model: accuracy 0.973, policy recall
+# 0.978, meta 0.987, benign flagged 0.025; with the model before batch 20: 0.964, 0.980, 0.987,
+# 0.043). The recall floor was 0.98 before batch 20, and is loosened for the same reason.
+NEW_WRITERS_FLOORS = {"accuracy": 0.95, "policy_recall": 0.975, "meta": 0.95}
+NEW_WRITERS_CEILING_FALSE_FLAGS = 0.04
+RULE_ACCURACY_FLOOR = 0.93  # of the violations caught, named by the right rule; measured: 0.953
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +205,8 @@ def test_the_shipped_model_was_trained_on_these_inputs():
     shipped = RouterModel.load(MODEL_PATH)
     assert shipped.input_sha256 == train_router.input_digest(), (
         "the corpus, concepts or training code changed: run python scripts/train_router.py")
-    assert MODEL_PATH.stat().st_size < 4096 * 1024  # exemplars included (int8: 384 bytes a message)
+    # exemplars included (int8: 384 bytes a train or dev message; 4,233 KiB after batch 20)
+    assert MODEL_PATH.stat().st_size < 5120 * 1024
 
 
 def test_the_shipped_model_is_what_training_produces():

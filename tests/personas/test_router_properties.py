@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from abi_tui.personas.catalogue import sampling_for
-from abi_tui.personas.classifier import POLICY_RULES
+from abi_tui.personas.classifier import POLICY_RULES, ROUTES, pool
 from abi_tui.personas.router import PersonaRouter, split_override
 from abi_tui.personas.signals import LEXICONS
 
@@ -60,3 +61,28 @@ def test_router_never_raises_on_lexicon_soup(content, previous):
 def test_routing_is_deterministic(content):
     a, b = ROUTER.route(content), ROUTER.route(content)
     assert a.to_dict() == b.to_dict()
+
+
+DISTRIBUTION = st.lists(st.floats(0.0, 1.0), min_size=len(ROUTES), max_size=len(ROUTES)).filter(
+    lambda v: sum(v) > 1e-3).map(lambda v: np.array(v) / sum(v))
+
+
+@given(DISTRIBUTION, DISTRIBUTION, st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]))
+def test_pooling_gives_a_distribution_between_its_two_inputs(semantic, tuned, share):
+    p = pool(semantic, tuned, share)
+    assert np.all(np.isfinite(p)) and np.isclose(p.sum(), 1.0) and np.all(p >= 0)
+    if share == 0.0:
+        assert np.allclose(p, semantic)
+    # a matrix of rows pools row by row
+    assert np.allclose(pool(np.vstack([semantic, tuned]), np.vstack([tuned, tuned]), share)[0], p)
+
+
+def test_pooling_lets_the_sure_input_count_for_more_than_a_weighted_mean():
+    policy = ROUTES.index("policy")
+    sure = np.full(4, 0.02 / 3)
+    sure[policy] = 0.98
+    unsure = np.full(4, 0.25)
+    pooled = pool(unsure, sure, 0.25)[policy]
+    assert pooled > 0.75 * 0.25 + 0.25 * 0.98 and pooled < 0.98
+    # and it is symmetric in which input is the sure one, given the shares
+    assert np.isclose(pool(sure, unsure, 0.75)[policy], pooled)
