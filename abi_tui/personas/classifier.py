@@ -384,8 +384,8 @@ class Semantic:
 def pool(semantic: np.ndarray, tuned: np.ndarray, share: float) -> np.ndarray:
     """The semantic head's and the tuned encoder's route probabilities pooled geometrically,
     p ∝ p_semantic^(1 - share) · p_tuned^share: where one of them is sure and the other is not,
-    the sure one counts for more than in a weighted mean (dev chose this over the mean: fewer
-    missed violations and refusals at the same settings). Works on one row or on a matrix."""
+    the sure one counts for more than in a weighted mean (on dev it refuses fewer benign
+    messages than the mean at the same policy recall). Works on one row or on a matrix."""
     if not share:
         return semantic
     logp = (1 - share) * np.log(np.maximum(semantic, 1e-12)) + share * np.log(np.maximum(tuned, 1e-12))

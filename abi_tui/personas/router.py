@@ -255,7 +255,7 @@ class PersonaRouter:
 
     def _disguised_violation(self, text: str, read: str) -> tuple[str, list[str], float, str] | None:
         """Whether a message with leetspeak or spelled-out letters ("m3th", "k i l l") is a
-        violation, judged on its decoded reading (a few messages in a hundred). Only this is
+        violation, judged on its decoded reading (56 of the corpus's 13,499 messages). Only this is
         asked of that reading: it garbles ordinary names like "k8s" for routing. The reading
         replaces the message as written here, since letters that look disguised are, in the
         corpus, far more often in violations than not: benign messages written in leetspeak
