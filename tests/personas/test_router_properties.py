@@ -68,11 +68,13 @@ DISTRIBUTION = st.lists(st.floats(0.0, 1.0), min_size=len(ROUTES), max_size=len(
 
 
 @given(DISTRIBUTION, DISTRIBUTION, st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]))
-def test_pooling_gives_a_distribution_between_its_two_inputs(semantic, tuned, share):
+def test_pooling_gives_a_distribution_that_each_share_weights(semantic, tuned, share):
     p = pool(semantic, tuned, share)
     assert np.all(np.isfinite(p)) and np.isclose(p.sum(), 1.0) and np.all(p >= 0)
     if share == 0.0:
         assert np.allclose(p, semantic)
+    if share == 1.0:
+        assert np.allclose(p, tuned, atol=1e-6)
     # a matrix of rows pools row by row
     assert np.allclose(pool(np.vstack([semantic, tuned]), np.vstack([tuned, tuned]), share)[0], p)
 

@@ -96,7 +96,9 @@ async def test_channel_wait_times_out_only_after_a_quiet_period():
     channel.drain()
     started = loop.time()
     assert await channel.wait(0.2) is False
-    assert loop.time() - started < 0.12  # quiet counts from the last piece, not from this wait
+    # quiet counts from the last piece (about 0.05 s left), not from this wait (a timer armed
+    # per wait never fires before 0.2 s): the bound leaves a loaded machine room
+    assert loop.time() - started < 0.18
     channel.close("stop")
     assert await channel.wait(0.2) is True
     assert channel._quiet_timer is None
