@@ -504,8 +504,10 @@ class LlamaBackend:
         self._free_ids.remove(target)
         reused = min(reused, len(prompt) - 1)
         if reused > 0 and L.llama_memory_seq_rm(memory, target, reused, -1):
-            # A sliding-window cache may no longer hold the window before `reused`.
-            if L.llama_memory_seq_pos_min(memory, target) > max(0, reused - self.n_swa):
+            # A sliding-window cache may no longer hold the window before `reused`: its oldest
+            # cell is past the window's start, or (-1) it held only cells at `reused` and after.
+            oldest = L.llama_memory_seq_pos_min(memory, target)
+            if oldest < 0 or oldest > max(0, reused - self.n_swa):
                 reused = 0
         else:
             reused = 0

@@ -8,6 +8,8 @@ import json
 
 import aiohttp
 
+from abi_tui.backends.saved_prefixes import common_prefix
+
 JSON = {"Content-Type": "application/json"}
 PROMPTS = ["alpha beta", "the quick brown fox", "0123456789", "zz"]
 
@@ -249,3 +251,36 @@ async def test_a_pinned_prefix_is_prefilled_once_and_answers_do_not_change(app_s
     other = "A different block. " * 4
     assert await asyncio.to_thread(backend.pin_prefix("persona:test", other).wait, 30)
     assert backend.stats()["prefixes_pinned"] == {"persona:test": len(other.encode()) + 1}
+
+
+async def pins_prefilled(backend, timeout: float = 120.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not backend.pins_ready or not all(done.is_set() for done in list(backend.pins_ready.values())):
+        assert asyncio.get_running_loop().time() < deadline, "persona prompts not prefilled"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_sliding_window_model_reuses_a_prefix_only_with_its_window(app_server, gemma_model):
+    """gemma 3 attends over a 512-token window in 5 of 6 layers, and its window cache keeps only
+    about the last 1,024 cells of a sequence. A prompt sharing the first ~1,400 tokens of a kept
+    ~2,600-token one finds none of its window cells left before token 1,400: it prefills from
+    the start (as llama-server does), and answers as it does on a fresh server."""
+    line = ("The committee met again to review the harbour survey, the budget for the new pier and "
+            "the letters from the fishing families. ")
+    first = line * 110  # about 2,600 tokens
+    second = line * 60 + "In short, the committee decided that"
+    server = await app_server(model=str(gemma_model), parallel=1, n_ctx=4096, threads=2)
+    backend = server.state.engine.active_backend()
+    await pins_prefilled(backend)  # the persona prompts, prefilled at load: not in these batches
+    async with aiohttp.ClientSession(server.url) as session:
+        await complete(session, first, max_tokens=2)
+        kept = len(backend._slot_tokens[0])
+        shared = common_prefix(backend._slot_tokens[0], backend.tokenize(second, add_bos=True))
+        assert kept > 2_400 and kept // 2 < shared < kept - 1_100  # worth reusing, but its window is gone
+        reused = backend.prompt_tokens_reused
+        answer = await complete(session, second, max_tokens=6)
+        assert backend.prompt_tokens_reused == reused
+    fresh = await app_server(model=str(gemma_model), parallel=1, n_ctx=4096, threads=2)
+    await pins_prefilled(fresh.state.engine.active_backend())
+    async with aiohttp.ClientSession(fresh.url) as session:
+        assert await complete(session, second, max_tokens=6) == answer
