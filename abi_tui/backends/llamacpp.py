@@ -77,6 +77,10 @@ SAVED_PREFIX_BYTES = 256 * 2**20
 # prefix moves to the lowest free id, a running prompt is shared with n choices. A larger kept
 # prefix is reused where it is, at the cost of a split batch.
 MOVE_LIMIT_BYTES = 32 * 2**20
+# Rounds of the warm-up's timing of two sequences in one batch against apart (pairs_apart); one
+# round costs about 40 ms on gemma-3 270M on 2 cores. Apart must win by the margin: nearly equal
+# is not worth two graph runs.
+PAIR_TIMING_ROUNDS, PAIR_MARGIN = 5, 0.97
 PIN_CHUNK = 64  # prompt tokens of a pin prefilled per step while other sequences are generating
 FLASH_ATTN = {"auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
               "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED}
@@ -108,6 +112,12 @@ def argmax_with_bias(logits: np.ndarray, tokens: np.ndarray, biases: np.ndarray)
         return int(logits.argmax())
     finally:
         logits[tokens] = saved
+
+
+def prefer_apart(together: list[float], apart: list[float]) -> bool:
+    """Whether timings of two sequences decoded apart beat one batch of two by PAIR_MARGIN
+    (medians: one slow round is noise, not a verdict)."""
+    return bool(together and apart) and float(np.median(apart)) < PAIR_MARGIN * float(np.median(together))
 
 
 @dataclass
@@ -219,6 +229,8 @@ class LlamaBackend:
         self._pins: OrderedDict[str, SavedPrefix] = OrderedDict()  # least recently used first
         self.pins_ready: dict[str, threading.Event] = {}
         self.n_swa = L.llama_model_n_swa(self.model.model)
+        self.pairs_apart = False  # decode a step of exactly two one-token rows as two graphs (_time_pairs)
+        self._one = L.llama_batch_init(1, 0, 1)
         self.prompt_tokens_reused = 0
         self.prompt_tokens_prefilled = 0  # prompt tokens decoded for requests (pins apart)
         self._incoming: deque[Sequence] = deque()
@@ -233,16 +245,49 @@ class LlamaBackend:
     def _warm_up(self) -> None:
         """Decode one token once, as llama-server does: the first decode pages in the weights
         and builds the compute graph (about a second on gemma here), which the first request
-        should not pay for."""
-        batch = L.llama_batch_init(1, 0, 1)
+        should not pay for. Then time how two sequences decode best (pairs_apart)."""
+        batch = L.llama_batch_init(2, 0, 1)
         try:
-            batch.token[0] = max(L.llama_vocab_bos(self.model.vocab), 0)
-            batch.pos[0], batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = 0, 1, 0, True
-            batch.n_tokens = 1
+            bos = max(L.llama_vocab_bos(self.model.vocab), 0)
+            self._fill(batch, [(bos, 0, 0)])
             L.llama_decode(self.ctx.ctx, batch)
+            if self.capacity >= 2:
+                self.pairs_apart = self._time_pairs(batch, bos)
         finally:
             L.llama_batch_free(batch)
             L.llama_memory_clear(self.ctx.memory, True)
+
+    def _time_pairs(self, batch: Any, token: int) -> bool:
+        """Whether two sequences' next tokens decode faster as two graphs than as one batch.
+
+        On CPU a batch of two is no cheaper than two single decodes, and with some weight types
+        dearer: measured in-process on gemma-3 270M Q4_K_M, 2 cores, 21-22 ms a step against
+        19-20 ms apart (8 interleaved runs); on SmolLM2 Q4_1 equal within 0-6%; from three
+        sequences on, one batch wins (0.8x at 3, 0.5x at 8). A GPU batches two for about the
+        price of one. So it is timed per model here, once, in about 0.2 s on gemma."""
+        together: list[float] = []
+        apart: list[float] = []
+        pos = [1, 0]  # the next position of sequences 0 and 1 (0 holds the warm-up token)
+        for _ in range(PAIR_TIMING_ROUNDS):
+            started = time.perf_counter()
+            self._fill(batch, [(token, pos[0], 0), (token, pos[1], 1)])
+            L.llama_decode(self.ctx.ctx, batch)
+            middle = time.perf_counter()
+            for seq_id in (0, 1):
+                self._fill(batch, [(token, pos[seq_id] + 1, seq_id)])
+                L.llama_decode(self.ctx.ctx, batch)
+            together.append(middle - started)
+            apart.append(time.perf_counter() - middle)
+            pos = [p + 2 for p in pos]
+        return prefer_apart(together, apart)
+
+    @staticmethod
+    def _fill(batch: Any, rows: list[tuple[int, int, int]]) -> None:
+        """A batch of (token, position, sequence id) rows, each asking for its logits."""
+        for i, (token, pos, seq_id) in enumerate(rows):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, True
+            batch.seq_id[i][0] = seq_id
+        batch.n_tokens = len(rows)
 
     def _piece_text(self, token: int, special: bool = False) -> str:
         if token < 0:
@@ -393,6 +438,7 @@ class LlamaBackend:
             "prefixes_pinned": {key: len(pin.tokens) for key, pin in list(self._pins.items())},
             "prefixes_saved": len(self._saved),
             "saved_prefix_bytes": self._saved.bytes,
+            "pairs_decoded_apart": self.pairs_apart,
         }
 
     # ----------------------------------------------------------------------------- decode loop
@@ -666,11 +712,28 @@ class LlamaBackend:
                 seq.row = batch.n_tokens - 1
         if batch.n_tokens == 0:
             return
+        stepping = [seq for seq in self._active if seq.row >= 0]
+        if self.pairs_apart and batch.n_tokens == 2 == len(stepping):
+            # Two one-token rows: two graph runs cost less than one batch here (_time_pairs).
+            for seq in stepping:
+                self._fill(self._one, [(batch.token[seq.row], batch.pos[seq.row], seq.seq_id)])
+                seq.row = 0
+                self._decode(self._one)
+                self._sample([seq])
+            return
+        self._decode(batch)
+        self._sample(list(self._active))
+
+    def _decode(self, batch: Any) -> None:
         send_wakes()  # the last step's tokens, now that the GIL is let go for the decode (hold_wakes)
         code = L.llama_decode(self.ctx.ctx, batch)
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
-        for seq in list(self._active):
+
+    def _sample(self, seqs: list[Sequence]) -> None:
+        """Sample each sequence's next token from its row of the last decode's logits (pins
+        whose prefill is done go to host memory)."""
+        for seq in seqs:
             if seq.pin_key is not None and not seq.prefilling:
                 self._keep_pin(seq)
                 continue
@@ -829,9 +892,10 @@ class LlamaBackend:
         for template in self._dry.values():
             L.llama_sampler_free(template)
         self._dry.clear()
-        if self._batch is not None:
-            L.llama_batch_free(self._batch)
-            self._batch = None
+        for batch in (self._batch, self._one):
+            if batch is not None:
+                L.llama_batch_free(batch)
+        self._batch = self._one = None
         if self._embed_ctx is not None:
             self._embed_ctx.close()
             self._embed_ctx = None

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 
 from abi_tui.backends.saved_prefixes import common_prefix
 
@@ -253,11 +254,52 @@ async def test_a_pinned_prefix_is_prefilled_once_and_answers_do_not_change(app_s
     assert backend.stats()["prefixes_pinned"] == {"persona:test": len(other.encode()) + 1}
 
 
+@pytest.mark.parametrize("apart", [True, False])
+async def test_two_sequences_answer_the_same_decoded_apart_or_together(app_server, tiny_model, apart):
+    """A step of two one-token rows runs as two graphs where the warm-up timed that faster (on
+    CPU for some weight types), else as one batch: either way each stream gets what it gets alone."""
+    import llama_cpp as L
+
+    server = await app_server(model=str(tiny_model), parallel=2, threads=1)
+    backend = server.state.engine.active_backend()
+    for seq_id in (0, 1):  # the warm-up's timing leaves no cells behind
+        assert L.llama_memory_seq_pos_max(backend.ctx.memory, seq_id) == -1
+    sizes = []
+    decode = backend._decode
+
+    def recording_decode(batch):
+        sizes.append(batch.n_tokens)
+        decode(batch)
+
+    async with aiohttp.ClientSession(server.url) as session:
+        solo = [await complete(session, p) for p in PROMPTS[:2]]
+        backend.pairs_apart = apart
+        backend._decode = recording_decode
+        together = await asyncio.gather(*[complete(session, p) for p in PROMPTS[:2]])
+    assert together == solo
+    assert backend.stats()["pairs_decoded_apart"] is apart
+    if apart:
+        assert 2 not in sizes and sizes.count(1) >= 2 * 40
+    else:
+        assert sizes.count(2) >= 40
+
+
 async def pins_prefilled(backend, timeout: float = 120.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not backend.pins_ready or not all(done.is_set() for done in list(backend.pins_ready.values())):
         assert asyncio.get_running_loop().time() < deadline, "persona prompts not prefilled"
         await asyncio.sleep(0.05)
+
+
+def test_pairs_go_apart_only_when_the_timings_say_so_by_a_margin():
+    from abi_tui.backends.llamacpp import prefer_apart
+
+    assert prefer_apart([0.022] * 5, [0.020] * 5)
+    assert not prefer_apart([0.020] * 5, [0.020] * 5)  # equal: one graph run is simpler
+    assert not prefer_apart([0.020] * 5, [0.0197] * 5)  # within the margin
+    assert not prefer_apart([0.010] * 5, [0.019] * 5)  # a GPU's batch of two
+    assert prefer_apart([0.022, 0.022, 0.500, 0.022, 0.022], [0.020, 0.020, 0.020, 0.400, 0.020])  # medians
+    assert not prefer_apart([], [])
 
 
 async def test_a_sliding_window_model_reuses_a_prefix_only_with_its_window(app_server, gemma_model):
