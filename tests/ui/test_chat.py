@@ -16,8 +16,8 @@ from textual.widgets import Input, OptionList, Static
 
 from abi_tui.app import AbiApp
 from abi_tui.client import AbiClient
-from abi_tui.panes.chat import ChatPane, TitlePrompt
 from abi_tui.dialogs.confirm import ConfirmDialog
+from abi_tui.panes.chat import ChatPane, TitlePrompt
 from abi_tui.widgets.chat_view import AnswerMessage, ChatInput, ChatLog, UserMessage
 
 from .conftest import SIZE, UiServer, wait_for

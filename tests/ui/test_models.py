@@ -12,8 +12,8 @@ from tiny_gguf import write_truncated_gguf
 from abi_tui.app import AbiApp
 from abi_tui.dialogs.confirm import ConfirmDialog
 from abi_tui.dialogs.hub_search import HubSearch
-from abi_tui.panes.models import ModelsPane
 from abi_tui.dialogs.switcher import ModelSwitcher
+from abi_tui.panes.models import ModelsPane
 from abi_tui.widgets.download_row import DownloadRow
 from abi_tui.widgets.header import StatusHeader
 
