@@ -161,6 +161,19 @@ async def prefill(url: str, text: str, n_tokens: int, ban: int) -> dict[str, Any
     return {"ttft_ms": timing.ttft_ms, "prefill_tok_s": n_tokens / (timing.ttft_ms / 1000)}
 
 
+async def abi_pairs_apart(url: str) -> bool | None:
+    """Whether abi's warm-up chose to decode a step of two sequences as two graphs (the c=2 case
+    depends on it), from the model pool's stats in its telemetry."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(50):  # the sampler's first sample may not have been taken yet
+            async with session.get(f"{url}/api/telemetry") as response:
+                pool = ((await response.json()).get("latest") or {}).get("pool") or {}
+            if pool.get("models"):
+                return pool["models"][0].get("pairs_decoded_apart")
+            await asyncio.sleep(0.2)
+    return None
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -178,6 +191,7 @@ async def bench_model(name: str, args: argparse.Namespace, binary: Path) -> dict
                                                                  parallel=args.parallel, n_ctx=args.n_ctx))}
         for server in servers:  # warm up: first allocations, first graph
             await decode(urls[server], 1, args, ban)
+        pairs_apart = await abi_pairs_apart(urls["abi"])
         for repeat in range(args.repeats):
             order = servers if repeat % 2 == 0 else servers[::-1]
             for concurrency in args.concurrency:
@@ -187,7 +201,8 @@ async def bench_model(name: str, args: argparse.Namespace, binary: Path) -> dict
             for server in order:
                 runs.setdefault((server, "prefill"), []).append(await prefill(urls[server], text, n_prompt, ban))
             print(f"  {name}: repeat {repeat + 1}/{args.repeats} done", flush=True)
-    table: dict[str, Any] = {"model": str(model), "prompt_tokens": n_prompt, "cases": {}}
+    table: dict[str, Any] = {"model": str(model), "prompt_tokens": n_prompt, "abi_pairs_apart": pairs_apart,
+                             "cases": {}}
     for (server, case), results in runs.items():
         if case == "prefill":
             row = {"prefill_tok_s": median([r["prefill_tok_s"] for r in results]),
@@ -203,7 +218,8 @@ async def bench_model(name: str, args: argparse.Namespace, binary: Path) -> dict
 
 
 def report(name: str, table: dict[str, Any]) -> None:
-    print(f"\n{name} ({table['model']}), prefill prompt {table['prompt_tokens']} tokens")
+    print(f"\n{name} ({table['model']}), prefill prompt {table['prompt_tokens']} tokens; abi decodes two "
+          f"sequences {'apart' if table['abi_pairs_apart'] else 'in one batch'} (its warm-up's timing)")
     print(f"{'case':<9} {'abi tok/s':>10} {'llama-srv':>10} {'ratio':>6} {'paired':>7}  {'TTFT p50 abi/l-s ms':>20}  "
           f"{'ITL p50 abi/l-s':>16}  {'ITL p99 abi/l-s':>16}")
     for case, rows in table["cases"].items():
