@@ -712,8 +712,8 @@ class LlamaBackend:
                 seq.row = batch.n_tokens - 1
         if batch.n_tokens == 0:
             return
-        stepping = [seq for seq in self._active if seq.row >= 0]
-        if self.pairs_apart and batch.n_tokens == 2 == len(stepping):
+        stepping = [seq for seq in self._active if seq.row >= 0] if self.pairs_apart and batch.n_tokens == 2 else []
+        if len(stepping) == 2:
             # Two one-token rows: two graph runs cost less than one batch here (_time_pairs).
             for seq in stepping:
                 self._fill(self._one, [(batch.token[seq.row], batch.pos[seq.row], seq.seq_id)])
